@@ -1,0 +1,49 @@
+"""clipedu：《多模态大模型：技术原理与实战》配套的 CLIP 教学实现。
+
+公开名字按需惰性导入（PEP 562），``import clipedu`` 很快，也不会因为一个子模块
+出错而拖垮其余部分。
+"""
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+# 公开名字 -> 所在子模块
+_EXPORTS = {
+    # 配置
+    "VisionConfig": "config", "TextConfig": "config", "CLIPConfig": "config",
+    "TrainConfig": "config", "PRESETS": "config", "get_preset": "config",
+    # 分词
+    "ChineseTokenizer": "tokenizer",
+    # 模型
+    "CLIP": "model", "VisionTransformer": "model", "TextTransformer": "model",
+    "create_model": "model", "ModifiedResNet": "resnet",
+    # 损失
+    "clip_loss": "loss", "ClipLoss": "loss",
+    # 评估
+    "zero_shot_classifier": "evaluate", "zero_shot_accuracy": "evaluate",
+    "retrieval_metrics": "evaluate", "encode_dataset": "evaluate",
+    "TEMPLATES": "prompts", "SIMPLE_TEMPLATE": "prompts",
+    # 训练与检查点
+    "train": "train", "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
+    "load_model": "checkpoint",
+    # 预训练权重
+    "load_pretrained": "pretrained",
+    # 笔记本
+    "setup_notebook": "notebook",
+}
+
+__all__ = sorted(_EXPORTS) + ["data", "__version__"]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if name in {"data", "exercises", "fusion", "diffusion", "viz", "distributed"}:
+        return import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'clipedu' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__
