@@ -1,0 +1,6 @@
+"""clipedu.data：内置数据集（几何图形世界、手写数字、图形问答）与图像变换（见第 3 章 sec-step-data）。
+
+每行一个导入，其他数据模块（真实数据）在下面追加即可。
+"""
+from .transforms import CLIP_MEAN, CLIP_STD, denormalize, eval_transform, normalize_uint8, train_transform
+from .shapes import ShapesDataset
