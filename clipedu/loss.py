@@ -1,0 +1,78 @@
+"""对称 InfoNCE 损失（见第 4 章 sec-infonce 与第 5 章 sec-code-loss）。
+
+模型只返回特征，损失放在模型之外：这样分布式训练时可以先把各进程的特征收集起来，
+再在整个全局批上算同一个损失。
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .distributed import all_gather_features, world_info
+
+
+def _check_features(image_features: torch.Tensor, text_features: torch.Tensor) -> None:
+    if image_features.ndim != 2 or text_features.ndim != 2:
+        raise ValueError(
+            f"特征应为二维 (B, D)，实际为图像 {tuple(image_features.shape)}、文本 {tuple(text_features.shape)}"
+        )
+    if image_features.shape != text_features.shape:
+        raise ValueError(
+            f"图像与文本特征形状应相同（第 i 行互为正样本），实际为 {tuple(image_features.shape)} 与 "
+            f"{tuple(text_features.shape)}"
+        )
+
+
+def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """对称 InfoNCE 损失（见第 4 章 sec-infonce）。特征需已 L2 归一化。
+
+    ``logit_scale`` 是 1/τ（已取 exp）。第 i 张图与第 i 条文本互为正样本，批内其余都是负样本。
+    """
+    _check_features(image_features, text_features)
+    logits = logit_scale * image_features @ text_features.T  # (B, B)，logits[i, j] = s_ij / τ
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    # 图→文：每行做 softmax；文→图：每列做 softmax（即对转置的每行）
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+class ClipLoss(nn.Module):
+    """分布式版本的 ``clip_loss``：先收集所有进程的特征，再算对称 InfoNCE。
+
+    参数
+    ----
+    local_loss:
+        False（默认）：每个进程都在完整的 (B, B) 相似度矩阵上算整批损失，各进程结果相同。
+        True：每个进程只算自己那 B_local 行（图→文）和 B_local 列（文→图），矩阵为
+        (B_local, B)，显存与计算量降为 1/world_size。
+    gather_with_grad:
+        True（默认）：收集来的特征保留梯度，所以梯度与单进程整批计算完全一致。
+        False：别的进程的特征当作常数，省通信，但梯度只是近似。
+    """
+
+    def __init__(self, local_loss: bool = False, gather_with_grad: bool = True):
+        super().__init__()
+        self.local_loss = local_loss
+        self.gather_with_grad = gather_with_grad
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+        _check_features(image_features, text_features)
+        rank, world_size = world_info()
+        if world_size == 1:
+            return clip_loss(image_features, text_features, logit_scale)
+
+        all_image = all_gather_features(image_features, self.gather_with_grad)  # (B, D)，B = world_size * B_local
+        all_text = all_gather_features(text_features, self.gather_with_grad)    # (B, D)
+        if not self.local_loss:
+            # 每个进程都算整批损失；DDP 对梯度求平均后仍等于单进程整批的梯度，
+            # 因为可求导的 all_gather 在反向时把各进程的梯度求和送回特征的主人。
+            return clip_loss(all_image, all_text, logit_scale)
+
+        B_local = image_features.shape[0]
+        logits_per_image = logit_scale * image_features @ all_text.T  # (B_local, B)
+        logits_per_text = logit_scale * text_features @ all_image.T   # (B_local, B)
+        # 本进程第 k 个样本在全局批里是第 rank * B_local + k 个，它的正样本就在那一列，
+        # 所以标签要整体平移 rank * B_local；不平移的话每个进程都会把前 B_local 列当成正样本。
+        labels = torch.arange(B_local, device=image_features.device) + rank * B_local
+        # 各进程的局部损失取平均，正好等于整批的对称损失（每行/每列恰好被一个进程算一次）。
+        return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2

@@ -1,0 +1,76 @@
+"""两个 gloo 进程上的 ClipLoss 与单进程整批结果一致：损失与每个梯度（第 5 章 sec-scale-up）。"""
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from clipedu import ClipLoss, clip_loss
+
+WORLD, B_LOCAL, D = 2, 3, 8
+
+
+def _global_batch():
+    g = torch.Generator().manual_seed(0)
+    img = F.normalize(torch.randn(WORLD * B_LOCAL, D, generator=g, dtype=torch.float64), dim=-1)
+    txt = F.normalize(torch.randn(WORLD * B_LOCAL, D, generator=g, dtype=torch.float64), dim=-1)
+    return img, txt
+
+
+def _worker(rank, port, local_loss, gather_with_grad, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        img, txt = _global_batch()
+        sl = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
+        img_local = img[sl].clone().requires_grad_(True)
+        txt_local = txt[sl].clone().requires_grad_(True)
+        scale = torch.tensor(1 / 0.07, dtype=torch.float64, requires_grad=True)
+        loss = ClipLoss(local_loss=local_loss, gather_with_grad=gather_with_grad)(img_local, txt_local, scale)
+        loss.backward()
+        # DDP 会把各进程的参数梯度求平均；这里对特征梯度做同样的平均，才能与单进程比较
+        mean_loss = loss.detach().clone()
+        dist.all_reduce(mean_loss)
+        scale_grad = scale.grad.clone()
+        dist.all_reduce(scale_grad)
+        torch.save({"loss": mean_loss / WORLD, "img_grad": img_local.grad / WORLD, "txt_grad": txt_local.grad / WORLD,
+                    "scale_grad": scale_grad / WORLD}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("local_loss", [False, True])
+def test_two_gloo_processes_equal_one_process(tmp_path, local_loss):
+    mp.spawn(_worker, args=(_free_port(), local_loss, True, str(tmp_path)), nprocs=WORLD, join=True)
+    img, txt = _global_batch()
+    img.requires_grad_(True)
+    txt.requires_grad_(True)
+    scale = torch.tensor(1 / 0.07, dtype=torch.float64, requires_grad=True)
+    ref = clip_loss(img, txt, scale)
+    ref.backward()
+    for rank in range(WORLD):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        sl = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
+        torch.testing.assert_close(got["loss"], ref.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got["img_grad"], img.grad[sl], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(got["txt_grad"], txt.grad[sl], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(got["scale_grad"], scale.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_gather_without_grad_gives_only_partial_gradient(tmp_path):
+    """不带梯度地收集时，别的进程的特征被当成常数：梯度不再等于整批梯度（这是省通信的代价）。"""
+    mp.spawn(_worker, args=(_free_port(), False, False, str(tmp_path)), nprocs=WORLD, join=True)
+    img, txt = _global_batch()
+    img.requires_grad_(True)
+    clip_loss(img, txt, torch.tensor(1 / 0.07, dtype=torch.float64)).backward()
+    got = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    assert not torch.allclose(got["img_grad"], img.grad[:B_LOCAL], rtol=1e-3, atol=1e-6)
