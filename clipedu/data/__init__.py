@@ -5,3 +5,4 @@
 from .transforms import CLIP_MEAN, CLIP_STD, denormalize, eval_transform, normalize_uint8, train_transform
 from .shapes import ShapesDataset
 from .digits import DigitsDataset
+from .vqa import ShapesVQADataset
