@@ -27,7 +27,7 @@ _EXPORTS = {
     "train": "train", "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
     "load_model": "checkpoint",
     # 预训练权重
-    "load_pretrained": "pretrained",
+    "load_pretrained": "pretrained", "english_tokenizer": "pretrained",
     # 笔记本
     "setup_notebook": "notebook",
 }
