@@ -110,19 +110,21 @@ class ShapesVQADataset(torch.utils.data.Dataset):
     def _chunk(self, chunk: int) -> tuple[np.ndarray, list]:
         if chunk in self._cache:
             return self._cache[chunk]
+        # 随机数总是按整块 1024 个抽，第 i 个样本才与 size 无关；只渲染用得到的前 m 个
         rng = np.random.default_rng([self.seed, SPLITS[self.split], chunk, 2])
         m = min(CHUNK, self.size - chunk * CHUNK)
-        n = rng.integers(1, 4, CHUNK)[:m]
-        pairs = [self._pair(chunk * CHUNK + j) for j in range(m)]
+        n = rng.integers(1, 4, CHUNK)
+        pairs = [self._pair(chunk * CHUNK + j) for j in range(CHUNK)]
         scenes = [_scene(rng, a, c, s, int(k)) for (_, a, _, c, s), k in zip(pairs, n)]
-        colors = np.zeros((m, 3), dtype=np.int64)
-        shapes = np.full((m, 3), -1, dtype=np.int64)
+        colors = np.zeros((CHUNK, 3), dtype=np.int64)
+        shapes = np.full((CHUNK, 3), -1, dtype=np.int64)
         for j, objs in enumerate(scenes):
             for k, (c, s) in enumerate(objs):
                 colors[j, k], shapes[j, k] = c, s
         _, _, centers, radii = sample_layout(rng, n, 3)
         rgb, background = sample_colors(rng, colors)
-        images = render_batch(shapes, centers, radii, rgb, background, self.image_size)
+        images = render_batch(shapes[:m], centers[:m], radii[:m], rgb[:m], background[:m], self.image_size)
+        scenes = scenes[:m]
         if len(self._cache) >= 64:
             self._cache.pop(next(iter(self._cache)))
         self._cache[chunk] = (images, scenes)
