@@ -1,0 +1,161 @@
+"""命令行：``python -m clipedu train|eval|data``，是 ``train(cfg)`` 与评估函数上的薄薄一层（见第 5 章 sec-code-cli）。
+
+例::
+
+    python -m clipedu train --preset tiny-cpu --out runs/tiny --steps 600
+    torchrun --nproc_per_node=2 -m clipedu train --preset small --batch-size 256 --precision amp_bf16
+    python -m clipedu eval --checkpoint runs/tiny/last.pt --json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Optional, Sequence
+
+# (旗标, TrainConfig 字段, 类型, 帮助)；默认值一律取 TrainConfig 的，命令行只覆盖给出的项
+_TRAIN_FLAGS = [
+    ("--preset", "preset", str, "模型预设：tiny-cpu | small | rn50 | vit-b-32 | vit-b-16"),
+    ("--out", "out_dir", str, "输出目录（last.pt、metrics.json、log.jsonl）；默认 runs/<preset>"),
+    ("--steps", "steps", int, "优化器步数"),
+    ("--time-budget", "time_budget", float, "训练时间上限（秒），到时保存并停止"),
+    ("--batch-size", "batch_size", int, "全局批大小（所有进程、所有累积微批之和）"),
+    ("--lr", "lr", float, "峰值学习率"),
+    ("--weight-decay", "weight_decay", float, "AdamW 权重衰减"),
+    ("--warmup-steps", "warmup_steps", int, "线性预热步数"),
+    ("--grad-clip", "grad_clip", float, "梯度范数裁剪阈值"),
+    ("--seed", "seed", int, "运行种子"),
+    ("--device", "device", str, "auto | cpu | cuda"),
+    ("--precision", "precision", str, "fp32 | bf16 | fp16 | amp_bf16 | amp_fp16"),
+    ("--accum-steps", "accum_steps", int, "对比学习式梯度累积的微批数"),
+    ("--save-every", "save_every", int, "每 N 步保存 ckpt_step{N}.pt"),
+    ("--keep-last", "keep_last", int, "保留最近 K 个按步保存的检查点"),
+    ("--resume", "resume", str, "latest 或检查点路径"),
+    ("--eval-every", "eval_every", int, "每 N 步评估一次（0：只在结束时）"),
+    ("--eval-size", "eval_size", int, "评估样本数（0：不评估）"),
+    ("--log-every", "log_every", int, "每 N 步写一行 log.jsonl"),
+    ("--dataset", "dataset", str, "shapes | digits | csv | cn-clip | wds"),
+    ("--data-path", "data_path", str, "真实数据的本地路径"),
+    ("--max-objects", "max_objects", int, "几何图形世界每张图的物体数上限（1–3）"),
+    ("--num-workers", "num_workers", int, "DataLoader 进程数"),
+    ("--max-bad-fraction", "max_bad_fraction", float, "坏样本比例上限"),
+    ("--init-from", "init_from", str, "从检查点或预训练权重初始化（微调）"),
+    ("--head-lr-mult", "head_lr_mult", float, "投影头与 logit_scale 的学习率倍数"),
+]
+# (旗标, 字段, 设成的值, 帮助)
+_SWITCHES = [
+    ("--grad-checkpointing", "grad_checkpointing", True, "两个塔都用激活重算换显存"),
+    ("--compile", "compile", True, "用 torch.compile 编译模型"),
+    ("--tensorboard", "tensorboard", True, "同时写 TensorBoard 日志（out/tensorboard）"),
+    ("--local-loss", "local_loss", True, "分布式：每个进程只算自己的行与列"),
+    ("--no-gather-with-grad", "gather_with_grad", False, "分布式：收集来的特征不带梯度（近似）"),
+    ("--lock-image", "lock_image", True, "冻结图像塔（LiT 式微调）"),
+    ("--strict", "strict", True, "真实数据：遇到第一个坏样本就报错"),
+    ("--no-progress", "progress", False, "不显示进度条"),
+]
+
+
+def _add_train_parser(sub) -> None:
+    p = sub.add_parser("train", help="训练 CLIP", argument_default=argparse.SUPPRESS)
+    for flag, dest, typ, help_ in _TRAIN_FLAGS:
+        p.add_argument(flag, dest=dest, type=typ, help=help_)
+    for flag, dest, value, help_ in _SWITCHES:
+        p.add_argument(flag, dest=dest, action="store_const", const=value, help=help_)
+    p.set_defaults(func=_cmd_train)
+
+
+def _add_eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="评估检查点（零样本与检索）")
+    p.add_argument("--checkpoint", required=True, help="clipedu 检查点（.pt）")
+    p.add_argument("--json", action="store_true", help="只打印一个 JSON 对象")
+    p.add_argument("--dataset", default="shapes", help="shapes（默认），或 clipedu.data.eval_sets 支持的数据集")
+    p.add_argument("--root", default=None, help="评估数据集的本地目录")
+    p.add_argument("--eval-size", type=int, default=1000, help="shapes 评估的样本数")
+    p.add_argument("--seed", type=int, default=0, help="shapes 评估数据的种子")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _add_data_parser(sub) -> None:
+    """``python -m clipedu data ...`` 由 clipedu.data.eval_sets 提供；模块还不存在时给出提示。"""
+    try:
+        from .data.eval_sets import add_shard_parser
+    except ImportError as e:
+        p = sub.add_parser("data", help="数据工具（需要 clipedu.data.eval_sets）")
+        p.set_defaults(func=lambda args: _fail(f"data 子命令不可用：{e}"))
+        return
+    p = sub.add_parser("data", help="数据工具：把图文数据打成 WebDataset 分片等")
+    add_shard_parser(p.add_subparsers(dest="data_command", required=True))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m clipedu", description="clipedu：CLIP 教学实现的命令行")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train_parser(sub)
+    _add_eval_parser(sub)
+    _add_data_parser(sub)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace):
+    """命令行里给出的项覆盖 TrainConfig 的默认值。"""
+    from .config import TrainConfig
+
+    overrides = {k: v for k, v in vars(args).items() if k not in {"func", "command"}}
+    overrides.setdefault("out_dir", f"runs/{overrides.get('preset', TrainConfig.preset)}")
+    return TrainConfig(**overrides)
+
+
+def _cmd_train(args) -> int:
+    from .train import train
+
+    cfg = config_from_args(args)
+    history = train(cfg)
+    if history:
+        print(f"完成 {history[-1]['step']} 步，最终损失 {history[-1]['loss']:.4f}；输出在 {cfg.out_dir}")
+    return 0
+
+
+def evaluate_checkpoint(path: str, dataset: str = "shapes", root: Optional[str] = None, eval_size: int = 1000,
+                        seed: int = 0, device: str = "auto") -> dict:
+    """eval 子命令的实现：载入检查点，在 shapes（或 eval_sets 里的数据集）上评估。"""
+    from .checkpoint import load_model
+    from .shapes_eval import evaluate_classification, evaluate_shapes
+    from .train_setup import resolve_device
+
+    model, tokenizer = load_model(path, device=resolve_device(device))
+    if dataset == "shapes":
+        metrics = evaluate_shapes(model, tokenizer, size=eval_size, seed=seed)
+    else:
+        from .data.eval_sets import build_eval_dataset
+        ds, classnames, templates = build_eval_dataset(dataset, root, model.config.vision.image_size)
+        metrics = evaluate_classification(model, tokenizer, ds, classnames, templates)
+    return {"checkpoint": str(path), "dataset": dataset, **metrics}
+
+
+def _cmd_eval(args) -> int:
+    metrics = evaluate_checkpoint(args.checkpoint, args.dataset, args.root, args.eval_size, args.seed, args.device)
+    if args.json:
+        print(json.dumps(metrics, ensure_ascii=False))
+    else:
+        for key, value in metrics.items():
+            print(f"{key:>40s}  {value:.4f}" if isinstance(value, float) else f"{key:>40s}  {value}")
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"错误：{message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as e:
+        # 用户能改正的错误：只打印中文说明，不打印长长的调用栈
+        return _fail(str(e))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
