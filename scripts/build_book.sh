@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# README 命令 1：安装依赖，然后把每个笔记本恰好执行一次，再严格构建整本书。
+#   bash scripts/build_book.sh          # 结果在 _build/html/index.html
+# 步骤：
+#   1. scripts/setup.sh（可用 SKIP_SETUP=1 跳过，test.sh 已经跑过时用）
+#   2. 把 _config.yml、_toc.yml、book/、notebooks/ 复制到 _build/stage/（clipedu/ 以符号链接给 literalinclude 用）
+#   3. 在副本上 pytest --nbmake --overwrite：每个笔记本在自己的目录里执行一次，输出写回副本，仓库里的笔记本保持无输出
+#   4. 运行 book/figures/make_*.py（在副本里，图写进副本的 book/figures/generated/）
+#   5. jupyter-book build（_config.yml 里 execute_notebooks: "off"）加 -W -n --keep-going：任何警告、断链都让构建失败
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+export PATH="$ROOT/.venv/bin:$PATH"
+# 笔记本的默认设置按 2 核准备；每个 notebook 自己用 setup_notebook() 设线程数
+export PYTHONHASHSEED=0 MPLBACKEND=Agg PYDEVD_DISABLE_FILE_VALIDATION=1
+NB_TIMEOUT=${NB_TIMEOUT:-600}   # 单个笔记本的上限（秒）；目标是 2 核上 ≤ 3 分钟
+STAGE=$ROOT/_build/stage
+log() { printf '\n[build_book] %s\n' "$*"; }
+t0=$SECONDS
+
+if [[ ${SKIP_SETUP:-0} != 1 ]]; then
+    bash scripts/setup.sh
+fi
+[[ -f book/_vendor/mathjax/tex-chtml-full.js ]] || { echo "[build_book] 缺少 book/_vendor/（请先运行 scripts/setup.sh）" >&2; exit 1; }
+
+log "准备副本 $STAGE"
+rm -rf "$STAGE"
+mkdir -p "$STAGE"
+cp _config.yml _toc.yml "$STAGE/"
+cp -r book notebooks "$STAGE/"
+rm -rf "$STAGE/book/figures/generated"
+find "$STAGE" -name .ipynb_checkpoints -prune -exec rm -rf {} +
+ln -s "$ROOT/clipedu" "$STAGE/clipedu"
+printf "[pytest]\n" > "$STAGE/pytest.ini"   # 挡住仓库 pyproject.toml 里的 pytest 配置
+
+shopt -s nullglob
+notebooks=("$STAGE"/notebooks/*.ipynb)
+figure_scripts=("$STAGE"/book/figures/make_*.py)
+shopt -u nullglob
+
+t_nb=$SECONDS
+if (( ${#notebooks[@]} )); then
+    log "执行 ${#notebooks[@]} 个笔记本（nbmake，每个一次，超时 ${NB_TIMEOUT}s）"
+    # -p no:cacheprovider：不在副本里留 .pytest_cache；--rootdir：不读仓库的 pytest 配置
+    (cd "$STAGE" && python -m pytest --nbmake --overwrite --nbmake-timeout="$NB_TIMEOUT" \
+        -p no:cacheprovider --rootdir="$STAGE" -q --durations=0 notebooks)
+else
+    log "notebooks/ 里还没有笔记本，跳过执行"
+fi
+t_nb=$((SECONDS - t_nb))
+
+if (( ${#figure_scripts[@]} )); then
+    log "生成插图：${figure_scripts[*]##*/}"
+    for script in "${figure_scripts[@]}"; do
+        (cd "$(dirname "$script")" && python "$(basename "$script")")
+    done
+fi
+
+log "jupyter-book build（-W -n --keep-going，execute_notebooks: off）"
+t_jb=$SECONDS
+rm -rf _build/html _build/.doctrees _build/jupyter_execute
+jupyter-book build "$STAGE" --path-output "$ROOT" -W -n --keep-going
+t_jb=$((SECONDS - t_jb))
+[[ -f _build/html/index.html ]] || { echo "[build_book] 没有生成 _build/html/index.html" >&2; exit 1; }
+log "完成：_build/html/index.html（笔记本 ${t_nb}s，jupyter-book ${t_jb}s，共 $((SECONDS - t0))s）"

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# 安装构建和测试所需的一切（可重复运行；已装好的步骤会很快跳过）。
+#   bash scripts/setup.sh                 # Python 虚拟环境 + npm 前端依赖 + 复制到 book/_vendor/
+#   WITH_BROWSER=1 bash scripts/setup.sh  # 另外（root + Debian）用 apt 安装 chromium 和 fonts-noto-cjk
+# 什么都不手工装：MathJax 3 和 mermaid 来自 package-lock.json 锁定的 npm 包，
+# 复制进 book/_vendor/（不叫 _static，因为 Jupyter Book 1 会把 _static 里的每个 .js 注入每一页）。
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PY=${PYTHON:-python3.11}
+VENV=$ROOT/.venv
+log() { printf '[setup] %s\n' "$*"; }
+
+# ---- 1. Python 虚拟环境与依赖 -------------------------------------------------
+if [[ ! -x $VENV/bin/python ]]; then
+    log "创建虚拟环境 $VENV（$PY）"
+    "$PY" -m venv "$VENV"
+fi
+req_hash=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+if [[ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$req_hash" ]]; then
+    log "pip install -r requirements.txt"
+    "$VENV/bin/python" -m pip install --quiet -r requirements.txt
+    echo "$req_hash" > "$VENV/.requirements.sha256"
+else
+    log "Python 依赖已是最新（requirements.txt 未变），跳过 pip"
+fi
+
+# ---- 2. 浏览器与系统中文字体（仅在要求时；root + apt） -------------------------------
+if [[ ${WITH_BROWSER:-0} == 1 ]]; then
+    missing=()
+    [[ -x /usr/bin/chromium ]] || missing+=(chromium)
+    dpkg -s fonts-noto-cjk >/dev/null 2>&1 || missing+=(fonts-noto-cjk)
+    if (( ${#missing[@]} )); then
+        if [[ $(id -u) != 0 ]] || ! command -v apt-get >/dev/null; then
+            echo "[setup] 需要 ${missing[*]}，但当前不是 root 或没有 apt-get；请手动安装后重试" >&2
+            exit 1
+        fi
+        log "apt-get install ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        log "chromium 与 fonts-noto-cjk 已安装"
+    fi
+fi
+
+# ---- 3. 前端依赖：npm ci（按锁文件）并复制到 book/_vendor/ -----------------------------
+if ! command -v npm >/dev/null; then
+    echo "[setup] 找不到 npm：构建离线的书需要 Node.js 和 npm（Debian: apt-get install nodejs npm）" >&2
+    exit 1
+fi
+lock_hash=$(sha256sum package-lock.json | cut -d' ' -f1)
+if [[ "$(cat node_modules/.lock.sha256 2>/dev/null)" != "$lock_hash" ]]; then
+    log "npm ci（MathJax 3、mermaid）"
+    npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+    echo "$lock_hash" > node_modules/.lock.sha256
+else
+    log "node_modules 与 package-lock.json 一致，跳过 npm ci"
+fi
+VENDOR=book/_vendor
+if [[ "$(cat $VENDOR/.lock.sha256 2>/dev/null)" != "$lock_hash" ]]; then
+    log "复制 MathJax 与 mermaid 到 $VENDOR/"
+    rm -rf "$VENDOR"
+    mkdir -p "$VENDOR/mermaid/chunks"
+    # MathJax：整个 es5 目录（组件、TeX 扩展、字体、SRE 语音规则），页面只引用 tex-chtml-full.js
+    cp -r node_modules/mathjax/es5 "$VENDOR/mathjax"
+    # mermaid：ESM 入口加它按需 import 的 chunk；不带 .map
+    cp node_modules/mermaid/dist/mermaid.esm.min.mjs "$VENDOR/mermaid/"
+    mkdir -p "$VENDOR/mermaid/chunks/mermaid.esm.min"
+    cp node_modules/mermaid/dist/chunks/mermaid.esm.min/*.mjs "$VENDOR/mermaid/chunks/mermaid.esm.min/"
+    cp node_modules/mathjax/LICENSE "$VENDOR/mathjax/LICENSE"
+    cp node_modules/mermaid/LICENSE "$VENDOR/mermaid/LICENSE"
+    echo "$lock_hash" > "$VENDOR/.lock.sha256"
+else
+    log "$VENDOR/ 已是最新"
+fi
+log "完成"

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# README 命令 2（也是 .ci/run 运行的内容）：安装一切，然后运行全部测试。
+#   1. WITH_BROWSER=1 scripts/setup.sh（Python 依赖、npm 前端依赖；root + Debian 时 apt 安装 chromium 和中文字体）
+#   2. 单元测试：pytest tests/ --ignore=tests/browser
+#   3. 构建书：scripts/build_book.sh（其中 nbmake 把每个笔记本恰好执行一次，再 -W -n 严格构建）
+#   4. 浏览器测试：pytest tests/browser（Chromium 打开每一章，截图在 _build/screenshots/）
+# 任何一步失败都让脚本以非零状态退出；pytest 的退出码 5（没有收集到测试）也算失败。
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+export PATH="$ROOT/.venv/bin:$PATH"
+T0=$SECONDS
+TIMINGS=()
+
+step() {  # step 名称 命令...：计时运行一步，失败时打印汇总后退出
+    local name=$1; shift
+    local t=$SECONDS rc=0
+    printf '\n==================== %s ====================\n' "$name"
+    "$@" || rc=$?
+    TIMINGS+=("$(printf '%-28s %5ds  %s' "$name" $((SECONDS - t)) "$([[ $rc == 0 ]] && echo ok || echo "失败 (退出码 $rc)")")")
+    if [[ $rc != 0 ]]; then
+        summary
+        exit "$rc"
+    fi
+}
+
+summary() {
+    printf '\n==================== 用时汇总 ====================\n'
+    printf '%s\n' "${TIMINGS[@]}"
+    printf '%-28s %5ds\n' "合计" $((SECONDS - T0))
+}
+
+# pytest 的退出码 5 表示“没有收集到任何测试”：对我们来说这是错误（测试丢了），不是成功
+run_pytest() {
+    local rc=0
+    python -m pytest "$@" || rc=$?
+    if [[ $rc == 5 ]]; then
+        echo "[test] pytest 没有收集到任何测试：$*" >&2
+    fi
+    return "$rc"
+}
+
+step "安装 (setup.sh)" env WITH_BROWSER=1 bash scripts/setup.sh
+step "单元测试" run_pytest tests/ --ignore=tests/browser -q -p no:cacheprovider --durations=15
+step "构建书 (含 nbmake)" env SKIP_SETUP=1 bash scripts/build_book.sh
+step "浏览器测试" run_pytest tests/browser -q -p no:cacheprovider
+summary
