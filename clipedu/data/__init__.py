@@ -6,3 +6,10 @@ from .transforms import CLIP_MEAN, CLIP_STD, denormalize, eval_transform, normal
 from .shapes import ShapesDataset
 from .digits import DigitsDataset
 from .vqa import ShapesVQADataset
+# 真实数据（见第 5 章 sec-code-data-real）；wds/shard 依赖 webdataset，按需从子模块导入
+from .robust import BadSampleCounter, BadSampleError, Batch, collate, decode_image
+from .csv import CsvDataset
+from .cnclip import CnClipDataset, RetrievalSet, load_retrieval_set
+from .folders import CIFAR10_CLASSNAMES_ZH, CIFAR100_CLASSNAMES_ZH, CIFAR_TEMPLATES, CifarZh, ImageFolderZh
+from .factory import build_train_dataset
+from .eval_sets import build_eval_dataset
