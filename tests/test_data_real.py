@@ -21,7 +21,7 @@ from clipedu.data.factory import build_train_dataset
 from clipedu.data.folders import CIFAR10_CLASSNAMES_ZH, CIFAR100_CLASSNAMES_ZH, ImageFolderZh
 from clipedu.data.robust import (BadSample, BadSampleCounter, BadSampleError, Batch, collate, decode_image,
                                  clean_caption)
-from clipedu.data.shard import add_shard_parser, write_shards
+from clipedu.data.shard import add_data_parser, write_shards
 from clipedu.data.wds import build_wds_dataset
 from clipedu.data import eval_transform
 
@@ -214,7 +214,7 @@ def _shard_csv(tmp_path, n=10):
 
 def test_shard_cli_round_trip(tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    add_shard_parser(parser.add_subparsers(dest="command"))
+    add_data_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "shards"
     args = parser.parse_args(["data", "shard", "--csv", str(_shard_csv(tmp_path)), "--out", str(out),
                               "--shard-size", "4", "--max-bad-fraction", "0.5"])
@@ -345,3 +345,33 @@ def test_factory_builtin_and_collate_on_plain_tuples():
     batch = collate([ds[i] for i in range(4)])
     assert batch.images.shape == (4, 3, 16, 16) and batch.bad == {} and batch.seen == 4
     assert ds.max_objects == 2 and ds.seed == 1
+    digits = build_train_dataset(TrainConfig(dataset="digits"), 16)
+    img, caption, label = digits[0]
+    assert img.shape == (3, 16, 16) and isinstance(caption, str) and 0 <= label < 10
+
+
+def test_cli_data_shard_entry_point(tmp_path, capsys):
+    from clipedu.cli import main
+    out = tmp_path / "shards"
+    rc = main(["data", "shard", "--csv", str(_shard_csv(tmp_path, n=3)), "--out", str(out), "--shard-size", "2",
+               "--max-bad-fraction", "0.5"])
+    assert rc == 0 and len(list(out.glob("*.tar"))) == 2
+    assert "--dataset wds" in capsys.readouterr().out
+    assert main(["data", "shard", "--csv", str(_shard_csv(tmp_path, n=3)), "--out", str(out)]) == 2
+    assert "坏样本比例" in capsys.readouterr().err  # 1/4 坏图超过默认的 1%：清楚的中文报错，不是调用栈
+
+
+def test_evaluate_retrieval_on_cnclip_set(tmp_path):
+    from clipedu.config import CLIPConfig, TextConfig, VisionConfig
+    from clipedu.data.eval_sets import evaluate_retrieval
+    from clipedu.model import create_model
+    from clipedu.tokenizer import ChineseTokenizer
+    torch.manual_seed(0)
+    cfg = CLIPConfig(embed_dim=16, vision=VisionConfig(image_size=16, patch_size=8, width=32, layers=1, heads=2),
+                     text=TextConfig(context_length=16, width=32, heads=2, layers=1))
+    _cnclip(tmp_path, split="valid")
+    rs, _, _ = build_eval_dataset("cn-clip", str(tmp_path), 16, max_bad_fraction=0.9)
+    m = evaluate_retrieval(create_model(cfg), ChineseTokenizer(context_length=16), rs, batch_size=2)
+    assert m["n_images"] == 4 and m["n_texts"] == 5 and m["bad_samples"] == rs.bad_samples.bad > 0
+    assert 0.0 <= m["t2i_R@1"] <= m["t2i_R@5"] == 1.0  # 只有 4 张图：正确答案一定在前 5
+    assert 1.0 <= m["i2t_mean_rank"] <= 5.0

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from .shard import add_shard_parser  # noqa: F401  CLI 从这里取 data shard 子命令
+
 EVAL_DATASETS = ("imagefolder", "cifar10", "cifar100", "cn-clip")
 
 
@@ -44,4 +46,15 @@ def build_eval_dataset(name: str, root: str, image_size: int, *, split: Optional
     raise ValueError(f"未知评估集 {name!r}；可选：{', '.join(EVAL_DATASETS)} / unknown eval dataset")
 
 
-__all__ = ["EVAL_DATASETS", "build_eval_dataset"]
+def evaluate_retrieval(model, tokenizer, rs, batch_size: int = 256, device=None) -> dict:
+    """在 RetrievalSet 上算图文检索指标（i2t/t2i 的 R@1/5/10 与名次），附上坏样本统计。"""
+    from ..evaluate import encode_dataset, encode_texts, retrieval_metrics
+
+    image_emb, _ = encode_dataset(model, rs.images, batch_size=batch_size, device=device)
+    text_emb = encode_texts(model, tokenizer, rs.captions, batch_size=batch_size, device=device)
+    metrics = retrieval_metrics(image_emb, text_emb, rs.text_to_image)
+    return {**metrics, "n_images": len(rs.images), "n_texts": len(rs.captions),
+            "bad_samples": rs.bad_samples.bad}
+
+
+__all__ = ["EVAL_DATASETS", "add_shard_parser", "build_eval_dataset", "evaluate_retrieval"]

@@ -9,8 +9,6 @@ import argparse
 import json
 import os
 
-import webdataset as wds
-
 from .csv import CsvDataset
 from .robust import BadSample, BadSampleCounter, decode_image, strict_error
 
@@ -24,6 +22,8 @@ def write_shards(csv_path: str, out_dir: str, shard_size: int = 10000, img_key: 
                  caption_key: str = "title", sep: str | None = None, encoding: str = "utf-8",
                  strict: bool = False, max_bad_fraction: float = 0.01, verify: bool = True) -> dict:
     """写分片，返回摘要 ``{"written", "shards", "pattern", "bad_samples"}``。"""
+    import webdataset as wds  # 只有打包时才需要；CLI 启动不因此变慢
+
     if shard_size < 1:
         raise ValueError(f"--shard-size 应为正整数，实际为 {shard_size}")
     table = CsvDataset(csv_path, img_key=img_key, caption_key=caption_key, sep=sep, encoding=encoding,
@@ -75,10 +75,8 @@ def run_shard(args: argparse.Namespace) -> int:
 
 
 def add_shard_parser(subparsers) -> argparse.ArgumentParser:
-    """在 CLI 上注册 ``data shard``；解析结果的 ``args.func`` 为 run_shard。返回 ``data`` 子命令的解析器。"""
-    data = subparsers.add_parser("data", help="数据工具：打包分片等")
-    data_sub = data.add_subparsers(dest="data_command", required=True)
-    p = data_sub.add_parser("shard", help="CSV + 图像文件夹 → WebDataset tar 分片")
+    """在 ``data`` 子命令的 subparsers 上注册 ``shard``（``args.func`` 为 run_shard）。"""
+    p = subparsers.add_parser("shard", help="CSV + 图像文件夹 → WebDataset tar 分片")
     p.add_argument("--csv", required=True, help="open_clip 格式的 CSV/TSV 文件（图像路径相对于它所在目录）")
     p.add_argument("--out", required=True, help="输出目录，写 shard-000000.tar …")
     p.add_argument("--shard-size", type=int, default=10000, help="每个分片的样本数")
@@ -90,7 +88,14 @@ def add_shard_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-bad-fraction", type=float, default=0.01, help="坏样本比例上限")
     p.add_argument("--no-verify", action="store_true", help="不解码验证图像（更快，坏图留到训练时跳过）")
     p.set_defaults(func=run_shard)
+    return p
+
+
+def add_data_parser(subparsers) -> argparse.ArgumentParser:
+    """在顶层 subparsers 上注册 ``data``，其下有 ``shard``。"""
+    data = subparsers.add_parser("data", help="数据工具：打包分片等")
+    add_shard_parser(data.add_subparsers(dest="data_command", required=True))
     return data
 
 
-__all__ = ["add_shard_parser", "run_shard", "write_shards"]
+__all__ = ["add_data_parser", "add_shard_parser", "run_shard", "write_shards"]
