@@ -74,6 +74,12 @@ def render_batch(shapes, centers, radii, rgb, background, image_size: int) -> np
     返回 uint8 数组 [B, H, W, 3]。后画的物体盖住先画的。
     """
     B, K = shapes.shape
+    # 分小批渲染：中间数组保持在 CPU 缓存大小附近，大图时快好几倍
+    step = max(1, (1 << 18) // (image_size * image_size))
+    if B > step:
+        return np.concatenate([render_batch(shapes[i:i + step], centers[i:i + step], radii[i:i + step],
+                                            rgb[i:i + step], background[i:i + step], image_size)
+                               for i in range(0, B, step)])
     S = image_size
     grid = (np.arange(S, dtype=np.float32) + 0.5)  # 像素中心
     canvas = np.empty((B, S, S, 3), dtype=np.float32)

@@ -176,42 +176,43 @@ class ShapesDataset(torch.utils.data.Dataset):
             raise IndexError(f"下标 {i} 越界；数据集大小为 {self.size}")
         return int(i) % self.size
 
+    def _item(self, i) -> tuple[np.ndarray, list[tuple], str, int]:
+        """第 i 个样本的 (uint8 图, 物体列表, 标题, 类别)，只查一次缓存。"""
+        i = self._index(i)
+        images, p = self._chunk(i // CHUNK)
+        j = i % CHUNK
+        objs = [(int(p["colors"][j, k]), int(p["shapes"][j, k]), int(p["size"][j, k]), int(p["pos"][j, k]))
+                for k in range(int(p["n"][j]))]
+        return images[j], objs, make_caption(objs, int(p["template"][j])), class_id(objs[0][0], objs[0][1])
+
     def objects(self, i: int) -> list[tuple]:
         """第 i 张图中的物体：[(颜色下标, 形状下标, 大小下标, 位置下标), …]，按标题中的顺序。"""
-        i = self._index(i)
-        _, p = self._chunk(i // CHUNK)
-        j = i % CHUNK
-        return [(int(p["colors"][j, k]), int(p["shapes"][j, k]), int(p["size"][j, k]), int(p["pos"][j, k]))
-                for k in range(int(p["n"][j]))]
+        return self._item(i)[1]
 
     def raw(self, i: int) -> np.ndarray:
         """第 i 张图的 uint8 数组 [H, W, 3]（未归一化，便于显示或自定义变换）。"""
-        i = self._index(i)
-        return self._chunk(i // CHUNK)[0][i % CHUNK]
+        return self._item(i)[0]
 
     def caption(self, i: int) -> str:
-        i = self._index(i)
-        _, p = self._chunk(i // CHUNK)
-        return make_caption(self.objects(i), int(p["template"][i % CHUNK]))
+        return self._item(i)[2]
 
     def label(self, i: int) -> int:
-        c, s, _, _ = self.objects(i)[0]
-        return class_id(c, s)
+        return self._item(i)[3]
 
     def __getitem__(self, i):
-        img = self.raw(i)
+        img, _, caption, label = self._item(i)
         image = normalize_uint8(img) if self.transform is None else self.transform(Image.fromarray(img))
-        return image, self.caption(i), self.label(i)
+        return image, caption, label
 
     def get_batch(self, indices) -> tuple[torch.Tensor, list[str], torch.Tensor]:
         """一次取一批：``(图像 [B,3,H,W], 标题列表, 类别 LongTensor[B])``，比逐个 __getitem__ 快。"""
-        indices = [self._index(i) for i in indices]
+        items = [self._item(i) for i in indices]
         if self.transform is None:
-            images = normalize_uint8(np.stack([self.raw(i) for i in indices]))
+            images = normalize_uint8(np.stack([it[0] for it in items]))
         else:
-            images = torch.stack([self.transform(Image.fromarray(self.raw(i))) for i in indices])
-        labels = torch.tensor([self.label(i) for i in indices], dtype=torch.long)
-        return images, [self.caption(i) for i in indices], labels
+            images = torch.stack([self.transform(Image.fromarray(it[0])) for it in items])
+        labels = torch.tensor([it[3] for it in items], dtype=torch.long)
+        return images, [it[2] for it in items], labels
 
     def __repr__(self) -> str:
         return (f"ShapesDataset(split={self.split!r}, size={self.size}, image_size={self.image_size}, "
