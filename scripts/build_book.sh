@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # README 命令 1：安装依赖，然后把每个笔记本恰好执行一次，再严格构建整本书。
 #   bash scripts/build_book.sh          # 结果在 _build/html/index.html
+# 只预览文字排版时可用 SKIP_NOTEBOOKS=1 跳过第 3 步（笔记本页面将没有输出）。
 # 步骤：
 #   1. scripts/setup.sh（可用 SKIP_SETUP=1 跳过，test.sh 已经跑过时用）
-#   2. 把 _config.yml、_toc.yml、book/、notebooks/ 复制到 _build/stage/（clipedu/ 以符号链接给 literalinclude 用）
+#   2. 把 _config.yml、_toc.yml、book/、notebooks/ 复制到 _stage/（clipedu/ 以符号链接给 literalinclude 用）
 #   3. 在副本上 pytest --nbmake --overwrite：每个笔记本在自己的目录里执行一次，输出写回副本，仓库里的笔记本保持无输出
 #   4. 运行 book/figures/make_*.py（在副本里，图写进副本的 book/figures/generated/）
 #   5. jupyter-book build（_config.yml 里 execute_notebooks: "off"）加 -W -n --keep-going：任何警告、断链都让构建失败
@@ -14,7 +15,7 @@ export PATH="$ROOT/.venv/bin:$PATH"
 # 笔记本的默认设置按 2 核准备；每个 notebook 自己用 setup_notebook() 设线程数
 export PYTHONHASHSEED=0 MPLBACKEND=Agg PYDEVD_DISABLE_FILE_VALIDATION=1
 NB_TIMEOUT=${NB_TIMEOUT:-600}   # 单个笔记本的上限（秒）；目标是 2 核上 ≤ 3 分钟
-STAGE=$ROOT/_build/stage
+STAGE=$ROOT/_stage   # 不能放在 _build/ 下：nbmake 会跳过路径中含 _build 的笔记本
 log() { printf '\n[build_book] %s\n' "$*"; }
 t0=$SECONDS
 
@@ -39,7 +40,10 @@ figure_scripts=("$STAGE"/book/figures/make_*.py)
 shopt -u nullglob
 
 t_nb=$SECONDS
-if (( ${#notebooks[@]} )); then
+if [[ ${SKIP_NOTEBOOKS:-0} == 1 ]]; then
+    # 只供写文字的作者快速预览排版；笔记本页面将没有输出。scripts/test.sh 与 CI 从不设置它。
+    log "SKIP_NOTEBOOKS=1：不执行笔记本（仅供本地预览）"
+elif (( ${#notebooks[@]} )); then
     log "执行 ${#notebooks[@]} 个笔记本（nbmake，每个一次，超时 ${NB_TIMEOUT}s）"
     # -p no:cacheprovider：不在副本里留 .pytest_cache；--rootdir：不读仓库的 pytest 配置
     (cd "$STAGE" && python -m pytest --nbmake --overwrite --nbmake-timeout="$NB_TIMEOUT" \
