@@ -177,6 +177,8 @@ def test_cnclip_pairs_offsets_and_counts(tmp_path):
     assert img[2].mean() > img[0].mean()  # 蓝通道亮于红通道
     s = ds[3]  # 1003 是坏图 → 用下一对替换
     assert s[1] == "蓝色或红色" and s.bad == ["corrupt_image"]
+    with pytest.raises(BadSampleError, match=r"train_imgs\.tsv 第 5 行.*1001 重复"):
+        CnClipDataset(str(tmp_path), "train", strict=True)
 
 
 def test_cnclip_in_dataloader_workers_keeps_batches_and_counts(tmp_path):
@@ -270,6 +272,7 @@ def test_cifar_missing_files_explain_download(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"cifar-10-python\.tar\.gz.*cifar-10-batches-py") as e:
         build_eval_dataset("cifar10", str(tmp_path), 16)
     assert "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in str(e.value)
+    assert "test_batch" in str(e.value) and "data_batch_1" not in str(e.value)  # 评估只需要测试集
     with tarfile.open(tmp_path / "cifar-100-python.tar.gz", "w:gz"):
         pass
     with pytest.raises(FileNotFoundError, match="请先解压：tar xzf"):

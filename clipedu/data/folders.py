@@ -74,13 +74,13 @@ _CIFAR = {
 }
 
 
-def _cifar_root(name: str, root: str) -> str:
-    """找到含 ``cifar-10-batches-py`` 的目录；缺文件时说清楚怎么办。"""
+def _cifar_root(name: str, root: str, train: bool = False) -> str:
+    """找到含 ``cifar-10-batches-py`` 的目录；缺文件时说清楚怎么办。只检查所选划分要用的文件。"""
     cls, folder, archive, _ = _CIFAR[name]
     root = os.path.abspath(os.path.expanduser(root))
     # 用户也可能直接把解压出的文件夹本身当作 root
     base = os.path.dirname(root) if os.path.basename(root.rstrip(os.sep)) == folder else root
-    files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+    files = [f for f, _ in (cls.train_list if train else cls.test_list)] + [cls.meta["filename"]]
     missing = [f for f in files if not os.path.isfile(os.path.join(base, folder, f))]
     if not missing:
         return base
@@ -90,7 +90,7 @@ def _cifar_root(name: str, root: str) -> str:
             f"请在有网络的机器上下载 {url}（约 160 MB），再解压：tar xzf {archive} -C {base}")
     raise FileNotFoundError(
         f"找不到 {name.upper()} 数据：{os.path.join(base, folder)} 下缺少 {missing}。{hint}；"
-        f"解压后应得到 {os.path.join(base, folder)}/（含 {', '.join(files[:2])} 等文件）。"
+        f"解压后应得到 {os.path.join(base, folder)}/（含 {', '.join(files)}）。"
         "本库从不联网下载（download=False） / CIFAR files not found"
     )
 
@@ -103,7 +103,7 @@ class CifarZh(RobustDataset):
             raise ValueError(f"未知数据集 {name!r}；可选：{', '.join(_CIFAR)}")
         super().__init__()
         cls, _, _, names = _CIFAR[name]
-        base = _cifar_root(name, root)
+        base = _cifar_root(name, root, train)
         self.base = cls(base, train=train, download=False)
         if len(self.base.classes) != len(names):
             raise ValueError(f"{name} 的类别数应为 {len(names)}，文件里是 {len(self.base.classes)}")

@@ -53,7 +53,11 @@ def strict_error(bad: BadSample) -> BadSampleError:
 
 
 class BadSampleCounter:
-    """按原因累计坏样本；``seen`` 是尝试读取的样本总数（好的加坏的）。"""
+    """按原因累计坏样本；``seen`` 是检查过的条目总数（好的加坏的）。
+
+    训练器用 ``for_dataset`` 创建时，``seen`` 先记入建索引时检查过的行数，再累加训练中读取的样本，
+    所以它大于 samples_seen；比例 bad/seen 在两种来源上都有意义。
+    """
 
     def __init__(self, max_bad_fraction: float = 0.01, min_seen: int = 100):
         if not 0.0 <= max_bad_fraction <= 1.0:
