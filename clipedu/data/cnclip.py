@@ -162,7 +162,7 @@ class _ImagesOnly(Dataset):
 
 @dataclass
 class RetrievalSet:
-    """图文检索评估集：图像数据集、全部文本、每条文本对应的图像序号（见第 4 章 sec-retrieval-eval）。"""
+    """图文检索评估集：图像数据集、全部文本、每条文本对应的图像序号（见第 6 章 sec-retrieval）。"""
     images: Dataset                 # 样本为 (image, "", 图像序号)
     captions: list[str]             # Nt 条文本
     text_to_image: torch.Tensor     # LongTensor[Nt]，第 j 条文本的正确图像序号
