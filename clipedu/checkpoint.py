@@ -16,7 +16,6 @@ import os
 import pickle
 import random
 import re
-import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -83,12 +82,14 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):  # 乱码文件也会抛 UnpicklingError（invalid load key）
+            raise ValueError(f"检查点 {path} 已损坏或不是 PyTorch 文件（{str(e)[:120]}）/ corrupt checkpoint") from None
         # weights_only 模式拒绝任何非白名单的全局对象：这正是恶意 __reduce__ 载荷的样子
         raise ValueError(
             f"拒绝加载 {path}：文件里含有张量与基本类型之外的 Python 对象（可能是恶意 pickle 载荷），"
             f"weights_only=True 不允许执行它。只加载你信任来源的检查点。/ refused unsafe checkpoint: {e}"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+    except Exception as e:  # noqa: BLE001  截断/乱码文件会从 zip、pickle 各层抛出各种异常
         raise ValueError(
             f"检查点 {path} 已损坏或被截断（{type(e).__name__}: {str(e)[:120]}）；"
             f"请改用上一个检查点（ckpt_step*.pt）/ corrupt or truncated checkpoint"
