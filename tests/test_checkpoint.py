@@ -73,7 +73,7 @@ def test_mismatched_config_names_keys_and_shapes():
     with pytest.raises(ValueError) as err:
         load_state_dict_checked(other, small.state_dict())
     msg = str(err.value)
-    assert "text_projection" in msg and "(32, 32)" in msg and "(32, 48)" in msg
+    assert "text_projection" in msg and "(64, 32)" in msg and "(64, 48)" in msg
     assert "transformer.resblocks.1" in msg and "不匹配" in msg
 
 
