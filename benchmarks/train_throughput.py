@@ -1,0 +1,208 @@
+"""训练吞吐（图文对/秒）：clipedu 与 open_clip 同结构、同批、同优化器、同精度，在一次运行里交替测量。
+
+一步 = 前向、对称 InfoNCE 损失、反向、AdamW 更新。两边用同一份随机批数据与同一个损失函数，
+按轮次交替（A B B A …）计时，取各轮中位数，尽量抵消机器被他人占用时的波动。
+CUDA 上还报告模型 FLOPs 利用率（MFU，FLOPs 由 torch.utils.flop_counter 数出）与峰值显存。
+
+    python benchmarks/train_throughput.py --preset tiny-cpu --batch-size 128
+    python benchmarks/train_throughput.py --preset vit-b-32 --shrink --precision fp32,bf16
+    python benchmarks/train_throughput.py --preset vit-b-32 --batch-size 256 --precision bf16 --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import time
+
+import torch
+
+import clipedu
+from clipedu.loss import clip_loss
+
+# 稠密 bf16 峰值算力（TFLOPS），用于 MFU；fp32 在 CUDA 上按 TF32 峰值（约一半）计
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.0}
+
+
+def shrink(cfg: clipedu.CLIPConfig) -> clipedu.CLIPConfig:
+    """缩小版：ViT 宽 256、4 层、64 px；ResNet 宽 32、64 px；文本宽 256、4 层。"""
+    v, t = cfg.vision, cfg.text
+    if v.arch == "vit":
+        v.width, v.layers, v.heads, v.image_size = 256, 4, 4, 64
+    else:
+        v.width, v.heads, v.image_size = 32, 16, 64
+    t.width, t.layers, t.heads = 256, 4, 4
+    cfg.embed_dim = 256
+    return cfg
+
+
+def open_clip_twin(cfg: clipedu.CLIPConfig):
+    """用 open_clip.CLIP 搭一个结构完全相同的模型（键名、形状都一样）。"""
+    import open_clip
+    v, t = cfg.vision, cfg.text
+    if v.arch == "vit":
+        vision = dict(layers=v.layers, width=v.width, head_width=v.width // v.heads, mlp_ratio=v.mlp_ratio,
+                      patch_size=v.patch_size, image_size=v.image_size)
+    else:
+        vision = dict(layers=tuple(v.layers), width=v.width, head_width=v.width * 32 // v.heads,
+                      image_size=v.image_size)
+    text = dict(context_length=t.context_length, vocab_size=t.vocab_size, width=t.width, heads=t.heads,
+                layers=t.layers, mlp_ratio=t.mlp_ratio)
+    return open_clip.CLIP(cfg.embed_dim, vision, text, quick_gelu=cfg.quick_gelu)
+
+
+def make_batch(cfg: clipedu.CLIPConfig, batch_size: int, device: torch.device):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(batch_size, 3, cfg.vision.image_size, cfg.vision.image_size, generator=g)
+    L = cfg.text.context_length
+    tokens = torch.randint(4, min(cfg.text.vocab_size, 1000), (batch_size, L), generator=g)
+    tokens[:, L // 2] = cfg.text.eos_token_id
+    tokens[:, L // 2 + 1:] = 0
+    return images.to(device), tokens.to(device)
+
+
+class Runner:
+    """一个模型 + 它的 AdamW + 一个训练步；保留未编译的原模块 raw。"""
+
+    def __init__(self, name, raw, device, precision, compile_):
+        self.name, self.raw, self.device, self.precision = name, raw.to(device).train(), device, precision
+        fused = device.type == "cuda"
+        self.opt = torch.optim.AdamW(raw.parameters(), lr=1e-4, weight_decay=0.1, fused=fused)
+        self.model = torch.compile(raw) if compile_ else raw
+        self.rounds: list[float] = []
+
+    def autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def step(self, images, tokens):
+        with self.autocast():
+            img, txt, scale = self.model(images, tokens)[:3]
+            loss = clip_loss(img.float(), txt.float(), scale.float())
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss
+
+    def timed(self, images, tokens, steps):
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            loss = self.step(images, tokens)
+        loss.item()
+        sync()
+        self.rounds.append(steps * images.shape[0] / (time.perf_counter() - t0))
+
+    def flops_per_step(self, images, tokens) -> float:
+        from torch.utils.flop_counter import FlopCounterMode
+        with FlopCounterMode(display=False) as fc:
+            self.step(images, tokens)
+        return float(fc.get_total_flops())
+
+
+def peak_tflops(device: torch.device, precision: str, override: float | None) -> float | None:
+    if override:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, tf in PEAK_BF16_TFLOPS.items():
+        if key in name:
+            return tf if precision == "bf16" else tf / 2
+    return None
+
+
+def bench_precision(args, cfg, device, precision) -> dict:
+    images, tokens = make_batch(cfg, args.batch_size, device)
+    torch.manual_seed(0)
+    runners = [Runner("clipedu", clipedu.create_model(cfg), device, precision, args.compile),
+               Runner("open_clip", open_clip_twin(cfg), device, precision, args.compile)]
+    for r in runners:  # 预热：编译、内核选择、分配器缓存
+        for _ in range(args.warmup):
+            r.step(images, tokens)
+    for i in range(args.rounds):
+        for r in (runners if i % 2 == 0 else runners[::-1]):
+            r.timed(images, tokens, args.steps)
+    out = {"precision": precision, "batch_size": args.batch_size}
+    tflops = peak_tflops(device, precision, args.peak_tflops)
+    for r, other in zip(runners, runners[::-1]):
+        out[f"{r.name}_pairs_per_s"] = statistics.median(r.rounds)
+        out[f"{r.name}_rounds"] = [round(x, 1) for x in r.rounds]
+        if device.type == "cuda":
+            out[f"{r.name}_peak_mem_gib"] = peak_memory(r, other, images, tokens, device)
+        if tflops:
+            flops = r.flops_per_step(images, tokens)
+            steps_per_s = out[f"{r.name}_pairs_per_s"] / args.batch_size
+            out[f"{r.name}_mfu"] = flops * steps_per_s / (tflops * 1e12)
+    out["ratio"] = out["clipedu_pairs_per_s"] / out["open_clip_pairs_per_s"]
+    return out
+
+
+def resident_bytes(runner: Runner) -> int:
+    """参数与优化器状态占的字节（梯度已 set_to_none）。"""
+    tensors = list(runner.raw.parameters()) + list(runner.raw.buffers())
+    tensors += [v for st in runner.opt.state.values() for v in st.values() if torch.is_tensor(v)]
+    return sum(t.numel() * t.element_size() for t in tensors if t.is_cuda)
+
+
+def peak_memory(runner: Runner, other: Runner, images, tokens, device) -> float:
+    """这一模型一步训练的峰值显存（GiB），扣掉同时驻留的另一个模型的参数与优化器状态。"""
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    runner.step(images, tokens)
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - resident_bytes(other)) / 2 ** 30
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="clipedu vs open_clip training throughput")
+    p.add_argument("--preset", default="tiny-cpu", choices=list(clipedu.PRESETS))
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--precision", default="fp32,bf16", help="fp32、bf16 或逗号分隔的多个")
+    p.add_argument("--steps", type=int, default=5, help="每轮计时的步数")
+    p.add_argument("--rounds", type=int, default=4, help="交替计时的轮数，取中位数")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--compile", action="store_true", help="两边都用 torch.compile")
+    p.add_argument("--shrink", action="store_true", help="缩小宽度/层数/分辨率（CPU 上测大预设）")
+    p.add_argument("--threads", type=int, default=None, help="CPU 线程数（默认 torch 的默认值）")
+    p.add_argument("--peak-tflops", type=float, default=None, help="手动给出峰值算力以计算 MFU")
+    p.add_argument("--json", default=None, help="把结果写成 JSON 文件")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    if device.type == "cuda":  # 两边同样打开 TF32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    cfg = clipedu.get_preset(args.preset)
+    cfg = shrink(cfg) if args.shrink else cfg
+    name = args.preset + ("-shrunk" if args.shrink else "")
+    results = []
+    for precision in args.precision.split(","):
+        r = bench_precision(args, cfg, device, precision)
+        r.update(preset=name, device=str(device), threads=torch.get_num_threads(), compile=args.compile)
+        results.append(r)
+        line = (f"{name:18s} {precision:5s} B={args.batch_size:<4d} clipedu {r['clipedu_pairs_per_s']:9.1f} pairs/s"
+                f" | open_clip {r['open_clip_pairs_per_s']:9.1f} pairs/s | ratio {r['ratio']:.3f}")
+        if "clipedu_mfu" in r:
+            line += f" | MFU {r['clipedu_mfu']:.1%} vs {r['open_clip_mfu']:.1%}"
+        if "clipedu_peak_mem_gib" in r:
+            line += f" | peak {r['clipedu_peak_mem_gib']:.2f} vs {r['open_clip_peak_mem_gib']:.2f} GiB"
+        print(line, flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()
