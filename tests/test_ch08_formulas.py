@@ -11,10 +11,10 @@ CH08 = Path(__file__).resolve().parents[1] / "book" / "ch08_future.md"
 
 
 def _chapter_siglip():
-    """从第 8 章正文里取出 ``def siglip_loss`` 所在的代码块并执行，返回该函数。"""
+    """从第 8 章正文里取出第一个 ``def siglip_loss`` 代码块（8.1 节正文；练习里的副本由练习测试执行）并执行。"""
     blocks = re.findall(r"```python\n(.*?)```", CH08.read_text(encoding="utf-8"), flags=re.S)
     src = [b for b in blocks if "def siglip_loss" in b]
-    assert len(src) == 1, "第 8 章应恰有一个定义 siglip_loss 的代码块"
+    assert src, "第 8 章应有定义 siglip_loss 的代码块"
     ns: dict = {}
     exec(compile(src[0], str(CH08), "exec"), ns)
     return ns["siglip_loss"]
@@ -67,3 +67,21 @@ def test_exercise_claim_infonce_zero_at_batch_one_but_siglip_not():
     siglip_loss = _chapter_siglip()
     assert siglip_loss(x, y, torch.tensor(math.log(10), dtype=torch.float64),
                        torch.tensor(-10.0, dtype=torch.float64)).item() > 0.1
+
+
+def test_siglip_initial_loss_formula_with_orthogonal_features():
+    # 第 8.1 节：特征两两正交时 L_init = softplus(-b) + (B-1) softplus(b)；b=0 时为 B ln 2。
+    siglip_loss = _chapter_siglip()
+    softplus = lambda s: math.log1p(math.exp(s))  # noqa: E731
+    for B, b in [(1, -10.0), (4, 0.0), (16, -10.0), (33, 2.5)]:
+        eye = torch.eye(2 * B, dtype=torch.float64)
+        got = siglip_loss(eye[:B], eye[B:], torch.tensor(math.log(10), dtype=torch.float64),
+                          torch.tensor(b, dtype=torch.float64)).item()
+        want = softplus(-b) + (B - 1) * softplus(b)
+        assert abs(got - want) < 1e-12, (B, b, got, want)
+        assert abs(want - _siglip_by_hand(eye[:B].tolist(), eye[B:].tolist(), math.log(10), b)) < 1e-10
+    # 正文给出的数字：B=32768 时 b=0 约 22713，b=-10 约 11.5
+    B = 32768
+    assert abs(B * math.log(2) - 22713.0) < 1.0
+    assert abs(softplus(10.0) + (B - 1) * softplus(-10.0) - 11.49) < 0.01
+    assert abs(softplus(-10.0) - 4.54e-5) < 1e-7
