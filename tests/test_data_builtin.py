@@ -152,6 +152,9 @@ def test_shapes_bad_index():
     with pytest.raises(TypeError, match="整数"):
         ds["0"]
     assert torch.equal(ds[-1][0], ds[4][0])
+    assert ds[torch.tensor(2)][1] == ds[np.int64(2)][1] == ds[2][1]  # 采样器给出的各种整数
+    with pytest.raises(TypeError):
+        ds[True]
 
 
 # ---------------- 手写数字 ----------------

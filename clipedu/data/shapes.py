@@ -10,6 +10,8 @@
 """
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import torch
 from PIL import Image
@@ -170,11 +172,10 @@ class ShapesDataset(torch.utils.data.Dataset):
         return self._cache[chunk]
 
     def _index(self, i) -> int:
-        if not isinstance(i, (int, np.integer)) or isinstance(i, bool):
-            raise TypeError(f"下标应为整数，实际为 {type(i).__name__}")
+        i = _as_index(i)
         if not -self.size <= i < self.size:
             raise IndexError(f"下标 {i} 越界；数据集大小为 {self.size}")
-        return int(i) % self.size
+        return i % self.size
 
     def _item(self, i) -> tuple[np.ndarray, list[tuple], str, int]:
         """第 i 个样本的 (uint8 图, 物体列表, 标题, 类别)，只查一次缓存。"""
@@ -217,6 +218,16 @@ class ShapesDataset(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         return (f"ShapesDataset(split={self.split!r}, size={self.size}, image_size={self.image_size}, "
                 f"seed={self.seed}, max_objects={self.max_objects})")
+
+
+def _as_index(i) -> int:
+    """接受 Python/numpy 整数与 0 维整数张量（采样器可能给出任一种）；其余类型报错。"""
+    try:
+        if isinstance(i, bool):
+            raise TypeError
+        return operator.index(i)
+    except TypeError:
+        raise TypeError(f"下标应为整数，实际为 {type(i).__name__} / index must be an int") from None
 
 
 def _check_args(split, size, image_size, seed, max_objects) -> None:

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from .render import render_batch
-from .shapes import CHUNK, COLORS, SHAPES, sample_colors, sample_layout
+from .shapes import CHUNK, COLORS, SHAPES, _as_index, sample_colors, sample_layout
 from .transforms import normalize_uint8
 
 ANSWERS = ["是", "否"] + list(COLORS) + list(SHAPES)
@@ -131,11 +131,10 @@ class ShapesVQADataset(torch.utils.data.Dataset):
         return self._cache[chunk]
 
     def _index(self, i) -> int:
-        if not isinstance(i, (int, np.integer)) or isinstance(i, bool):
-            raise TypeError(f"下标应为整数，实际为 {type(i).__name__}")
+        i = _as_index(i)
         if not -self.size <= i < self.size:
             raise IndexError(f"下标 {i} 越界；数据集大小为 {self.size}")
-        return int(i) % self.size
+        return i % self.size
 
     def raw(self, i: int) -> np.ndarray:
         """第 i 张图的 uint8 数组 [H, W, 3]。"""
