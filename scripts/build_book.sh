@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 export PATH="$ROOT/.venv/bin:$PATH"
 # 笔记本的默认设置按 2 核准备；每个 notebook 自己用 setup_notebook() 设线程数
-export PYTHONHASHSEED=0 MPLBACKEND=Agg PYDEVD_DISABLE_FILE_VALIDATION=1
+# 不设 MPLBACKEND：内核要用 matplotlib 的 inline 后端，图才会写进笔记本输出
+export PYTHONHASHSEED=0 PYDEVD_DISABLE_FILE_VALIDATION=1
 NB_TIMEOUT=${NB_TIMEOUT:-600}   # 单个笔记本的上限（秒）；目标是 2 核上 ≤ 3 分钟
 STAGE=$ROOT/_stage   # 不能放在 _build/ 下：nbmake 会跳过路径中含 _build 的笔记本
 log() { printf '\n[build_book] %s\n' "$*"; }
@@ -28,7 +29,9 @@ log "准备副本 $STAGE"
 rm -rf "$STAGE"
 mkdir -p "$STAGE"
 cp _config.yml _toc.yml "$STAGE/"
-cp -r book notebooks "$STAGE/"
+cp -r book "$STAGE/"
+mkdir -p "$STAGE/notebooks"
+if [[ -d notebooks ]]; then cp -r notebooks/. "$STAGE/notebooks/"; fi
 rm -rf "$STAGE/book/figures/generated"
 find "$STAGE" -name .ipynb_checkpoints -prune -exec rm -rf {} +
 ln -s "$ROOT/clipedu" "$STAGE/clipedu"
@@ -48,6 +51,7 @@ elif (( ${#notebooks[@]} )); then
     # -p no:cacheprovider：不在副本里留 .pytest_cache；--rootdir：不读仓库的 pytest 配置
     (cd "$STAGE" && python -m pytest --nbmake --overwrite --nbmake-timeout="$NB_TIMEOUT" \
         -p no:cacheprovider --rootdir="$STAGE" -q --durations=0 notebooks)
+    python scripts/check_notebook_outputs.py "${notebooks[@]}"
 else
     log "notebooks/ 里还没有笔记本，跳过执行"
 fi

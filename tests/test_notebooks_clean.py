@@ -6,9 +6,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _notebooks():
-    folder = ROOT / "notebooks"
-    assert folder.is_dir(), f"应有目录 {folder}"
-    return sorted(folder.glob("*.ipynb"))
+    return sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
 def _dirty_cells(nb: dict) -> list[int]:
@@ -52,3 +50,20 @@ def test_notebooks_start_with_setup():
         "每个笔记本的第一个代码单元应为 `import clipedu; device = clipedu.setup_notebook()`：\n"
         + "\n".join(problems)
     )
+
+
+def test_glyph_warning_checker(tmp_path):
+    """build_book.sh 用 scripts/check_notebook_outputs.py 拦下带“缺字形”警告的笔记本输出。"""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_outputs", ROOT / "scripts" / "check_notebook_outputs.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    warning = ("/x/IPython/core/pylabtools.py:170: UserWarning: Glyph 25439 "
+               "(\\N{CJK UNIFIED IDEOGRAPH-635F}) missing from font(s) DejaVu Sans.\n")
+    bad = {"cells": [{"cell_type": "code", "outputs": [{"output_type": "stream", "name": "stderr", "text": warning}]}]}
+    good = {"cells": [{"cell_type": "code", "outputs": [{"output_type": "stream", "name": "stdout", "text": "损失 0.1\n"}]}]}
+    (tmp_path / "bad.ipynb").write_text(json.dumps(bad), encoding="utf-8")
+    (tmp_path / "good.ipynb").write_text(json.dumps(good), encoding="utf-8")
+    assert check.main([str(tmp_path / "good.ipynb")]) == 0
+    assert check.main([str(tmp_path / "good.ipynb"), str(tmp_path / "bad.ipynb")]) == 1
