@@ -101,3 +101,21 @@ def test_retrieval_memory_arithmetic():
     assert abs(1024 * 5e5 * 4 / 1e9 - 2.048) < 1e-9
     assert abs(256 * 5e5 * 4 / 1e9 - 0.512) < 1e-9
     assert abs((0.5e6 + 2.5e6) * 512 * 4 / 1e9 - 6.144) < 1e-9
+
+
+def test_duplicate_captions_floor_is_ln_m_plus_1():
+    # 第 9 章问 18：一条文本在批内出现 m+1 次时，对应行的图像→文本交叉熵下限为 ln(m+1)，温度再低也降不下去。
+    g = torch.Generator().manual_seed(5)
+    B, D = 10, 12
+    for m in (1, 2, 4):
+        txt = F.normalize(torch.randn(B, D, generator=g, dtype=DT), dim=-1)
+        txt[1:m + 1] = txt[0]
+        img = txt.clone()
+        for scale in (10.0, 100.0, 1e4):
+            per_row = F.cross_entropy(scale * img @ txt.T, torch.arange(B), reduction="none")
+            assert torch.all(per_row[:m + 1] >= math.log(m + 1) - 1e-12)
+        torch.testing.assert_close(per_row[:m + 1], torch.full((m + 1,), math.log(m + 1), dtype=DT))
+        # 对称损失的下限：两个方向各有 m+1 行为 ln(m+1)，平均后为 (m+1) ln(m+1) / B
+        sym = clipedu.loss.clip_loss(img, txt, torch.tensor(1e4, dtype=DT))
+        assert abs(sym.item() - (m + 1) * math.log(m + 1) / B) < 1e-9
+    assert abs(3 * math.log(3) / 8 - 0.41) < 0.005   # 练习 ex-ch09-duplicates 的数字
