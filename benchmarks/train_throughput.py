@@ -70,7 +70,8 @@ class Runner:
         fused = device.type == "cuda"
         self.opt = torch.optim.AdamW(raw.parameters(), lr=1e-4, weight_decay=0.1, fused=fused)
         self.model = torch.compile(raw) if compile_ else raw
-        self.rounds: list[float] = []
+        self.rounds: list[float] = []      # 每轮的 图文对/秒（墙钟）
+        self.cpu_rounds: list[float] = []  # 每轮的 图文对/CPU 秒：CPU 被他人占用时比墙钟稳定
 
     def autocast(self):
         if self.precision == "bf16":
@@ -89,12 +90,14 @@ class Runner:
     def timed(self, images, tokens, steps):
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(steps):
             loss = self.step(images, tokens)
         loss.item()
         sync()
-        self.rounds.append(steps * images.shape[0] / (time.perf_counter() - t0))
+        pairs = steps * images.shape[0]
+        self.rounds.append(pairs / (time.perf_counter() - t0))
+        self.cpu_rounds.append(pairs / (time.process_time() - c0))
 
     def flops_per_step(self, images, tokens) -> float:
         from torch.utils.flop_counter import FlopCounterMode
@@ -131,6 +134,8 @@ def bench_precision(args, cfg, device, precision) -> dict:
     for r, other in zip(runners, runners[::-1]):
         out[f"{r.name}_pairs_per_s"] = statistics.median(r.rounds)
         out[f"{r.name}_rounds"] = [round(x, 1) for x in r.rounds]
+        if device.type == "cpu":
+            out[f"{r.name}_pairs_per_cpu_s"] = statistics.median(r.cpu_rounds)
         if device.type == "cuda":
             out[f"{r.name}_peak_mem_gib"] = peak_memory(r, other, images, tokens, device)
         if tflops:
@@ -138,6 +143,8 @@ def bench_precision(args, cfg, device, precision) -> dict:
             steps_per_s = out[f"{r.name}_pairs_per_s"] / args.batch_size
             out[f"{r.name}_mfu"] = flops * steps_per_s / (tflops * 1e12)
     out["ratio"] = out["clipedu_pairs_per_s"] / out["open_clip_pairs_per_s"]
+    if device.type == "cpu":
+        out["cpu_time_ratio"] = out["clipedu_pairs_per_cpu_s"] / out["open_clip_pairs_per_cpu_s"]
     return out
 
 
@@ -193,6 +200,9 @@ def main(argv=None):
         results.append(r)
         line = (f"{name:18s} {precision:5s} B={args.batch_size:<4d} clipedu {r['clipedu_pairs_per_s']:9.1f} pairs/s"
                 f" | open_clip {r['open_clip_pairs_per_s']:9.1f} pairs/s | ratio {r['ratio']:.3f}")
+        if "cpu_time_ratio" in r:
+            line += (f" || per CPU-second {r['clipedu_pairs_per_cpu_s']:.1f} vs {r['open_clip_pairs_per_cpu_s']:.1f}"
+                     f", ratio {r['cpu_time_ratio']:.3f}")
         if "clipedu_mfu" in r:
             line += f" | MFU {r['clipedu_mfu']:.1%} vs {r['open_clip_mfu']:.1%}"
         if "clipedu_peak_mem_gib" in r:

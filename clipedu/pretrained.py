@@ -31,6 +31,14 @@ _STORAGE_DTYPES = {
 }
 
 
+# TorchScript 用它们给列表等容器打类型标签；都只是原样返回数据，这里换成等价的无害函数
+_JIT_PICKLE_HELPERS = {
+    "build_intlist": lambda data: data, "build_tensorlist": lambda data: data,
+    "build_doublelist": lambda data: data, "build_boollist": lambda data: data,
+    "build_genericlist": lambda data: data, "restore_type_tag": lambda value, type_str: value,
+}
+
+
 class _ScriptObject:
     """TorchScript 模块在 pickle 里的替身：只记下属性字典，不带任何方法。"""
 
@@ -43,7 +51,7 @@ def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=No
 
 
 class _TensorOnlyUnpickler(pickle.Unpickler):
-    """白名单反序列化：只认张量重建函数、存储类型、OrderedDict 与 ``__torch__.*`` 空壳。"""
+    """白名单反序列化：只认张量重建函数、存储类型、OrderedDict、TorchScript 的容器标签与 ``__torch__.*`` 空壳。"""
 
     def __init__(self, file, archive: zipfile.ZipFile, prefix: str):
         super().__init__(file)
@@ -56,6 +64,8 @@ class _TensorOnlyUnpickler(pickle.Unpickler):
             return _STORAGE_DTYPES[name]
         if module == "collections" and name == "OrderedDict":
             return OrderedDict
+        if module == "torch.jit._pickle" and name in _JIT_PICKLE_HELPERS:
+            return _JIT_PICKLE_HELPERS[name]
         if module.startswith("__torch__"):
             return _ScriptObject
         raise pickle.UnpicklingError(
@@ -174,7 +184,10 @@ def load_pretrained(path: str, device: str | torch.device = "cpu", quick_gelu: b
     config = infer_config(sd, quick_gelu=quick_gelu)
     model = CLIP(config)
     expected = model.state_dict()
-    unexpected = sorted(k for k in sd if k not in expected and k not in _IGNORED_KEYS)
+    # TorchScript 存档里还有非参数的张量属性（如各块的 attn_mask），只有普通 state dict 才对多余的键报错
+    strict = not _is_torchscript(str(path))
+    unexpected = sorted(k for k in sd if strict and k not in expected
+                        and k.rsplit(".", 1)[-1] not in _IGNORED_KEYS)
     missing = sorted(k for k in expected if k not in sd and not k.endswith("num_batches_tracked"))
     wrong = [f"{k}: 文件 {tuple(sd[k].shape)} ≠ 模型 {tuple(v.shape)}"
              for k, v in expected.items() if k in sd and sd[k].shape != v.shape]
