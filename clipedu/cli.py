@@ -68,7 +68,8 @@ def _add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="评估检查点（零样本与检索）")
     p.add_argument("--checkpoint", required=True, help="clipedu 检查点（.pt）")
     p.add_argument("--json", action="store_true", help="只打印一个 JSON 对象")
-    p.add_argument("--dataset", default="shapes", help="shapes（默认），或 clipedu.data.eval_sets 支持的数据集")
+    p.add_argument("--dataset", default="shapes",
+                   help="shapes（默认）| imagefolder | cifar10 | cifar100 | cn-clip（后四个需要 --root）")
     p.add_argument("--root", default=None, help="评估数据集的本地目录")
     p.add_argument("--eval-size", type=int, default=1000, help="shapes 评估的样本数")
     p.add_argument("--seed", type=int, default=0, help="shapes 评估数据的种子")
@@ -76,8 +77,11 @@ def _add_eval_parser(sub) -> None:
     p.set_defaults(func=_cmd_eval)
 
 
-def _add_data_parser(sub) -> None:
-    """``python -m clipedu data ...`` 由 clipedu.data.eval_sets 提供；模块还不存在时给出提示。"""
+def _add_data_parser(sub, full: bool) -> None:
+    """``python -m clipedu data ...`` 由 clipedu.data.eval_sets 提供；只在用到时才导入它。"""
+    if not full:
+        sub.add_parser("data", help="数据工具：把图文数据打成 WebDataset 分片等（python -m clipedu data -h）")
+        return
     try:
         from .data.eval_sets import add_shard_parser
     except ImportError as e:
@@ -88,12 +92,12 @@ def _add_data_parser(sub) -> None:
     add_shard_parser(p.add_subparsers(dest="data_command", required=True))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_data: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m clipedu", description="clipedu：CLIP 教学实现的命令行")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(sub)
     _add_eval_parser(sub)
-    _add_data_parser(sub)
+    _add_data_parser(sub, with_data)
     return parser
 
 
@@ -127,9 +131,12 @@ def evaluate_checkpoint(path: str, dataset: str = "shapes", root: Optional[str] 
     if dataset == "shapes":
         metrics = evaluate_shapes(model, tokenizer, size=eval_size, seed=seed)
     else:
-        from .data.eval_sets import build_eval_dataset
+        from .data.eval_sets import build_eval_dataset, evaluate_retrieval
         ds, classnames, templates = build_eval_dataset(dataset, root, model.config.vision.image_size)
-        metrics = evaluate_classification(model, tokenizer, ds, classnames, templates)
+        if classnames is None:  # 图文检索集（如 cn-clip）没有类别
+            metrics = evaluate_retrieval(model, tokenizer, ds)
+        else:
+            metrics = evaluate_classification(model, tokenizer, ds, classnames, templates)
     return {"checkpoint": str(path), "dataset": dataset, **metrics}
 
 
@@ -149,7 +156,8 @@ def _fail(message: str) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(with_data=bool(argv) and argv[0] == "data").parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as e:
