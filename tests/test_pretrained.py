@@ -170,3 +170,20 @@ def test_benchmark_twin_has_identical_parameters(preset):
         ours = {k: v.shape for k, v in clipedu.create_model(cfg).state_dict().items()}
         theirs = {k: v.shape for k, v in bench.open_clip_twin(cfg).state_dict().items()}
     assert ours == theirs
+
+
+class _IntList:
+    def __reduce__(self):
+        import torch.jit._pickle
+        return (torch.jit._pickle.build_intlist, ([1, 2, 3],))
+
+
+def test_torchscript_container_tags_are_allowed(tmp_path):
+    """TorchScript 给列表打的类型标签（torch.jit._pickle.build_intlist）可以读，且只当作数据。"""
+    import zipfile
+    path = tmp_path / "tags.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("m/data.pkl", pickle.dumps({"sizes": _IntList(), "text_projection": None}, protocol=2))
+        z.writestr("m/constants.pkl", pickle.dumps(()))
+    with pytest.raises(ValueError, match="没有找到 state dict"):  # 没有张量，但标签本身没有被拒绝
+        read_state_dict(str(path))
