@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
+import types
 
 import torch
 import torch.distributed as dist
@@ -170,5 +172,15 @@ def _jsonable(cfg: TrainConfig) -> dict:
     d["betas"] = list(d["betas"])
     return d
 
+
+class _CallableModule(types.ModuleType):
+    """``from clipedu.train import ...`` 之后，Python 会把包属性 ``clipedu.train`` 设成本模块，
+    盖过同名函数；让模块本身可调用，``clipedu.train(cfg)`` 就不论导入顺序都是训练。"""
+
+    def __call__(self, *args, **kwargs):
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = ["train", "standard_eval"]

@@ -211,3 +211,11 @@ def test_shapes_default_dataset_via_config(tmp_path):
                       progress=False, device="cpu")
     history = train(cfg)
     assert len(history) == 2 and history[-1]["samples_seen"] == 16
+
+
+def test_clipedu_train_is_callable_whatever_the_import_order():
+    import clipedu
+    import clipedu.train as module
+    assert callable(clipedu.train) and callable(module)
+    with pytest.raises(TypeError, match="TrainConfig"):
+        clipedu.train({"steps": 1})
