@@ -121,8 +121,13 @@ def peak_tflops(device: torch.device, precision: str, override: float | None) ->
 def bench_precision(args, cfg, device, precision) -> dict:
     images, tokens = make_batch(cfg, args.batch_size, device)
     torch.manual_seed(0)
-    runners = [Runner("clipedu", clipedu.create_model(cfg), device, precision, args.compile),
-               Runner("open_clip", open_clip_twin(cfg), device, precision, args.compile)]
+    ours, theirs = clipedu.create_model(cfg), open_clip_twin(cfg)
+    if args.channels_last:  # 两边都把卷积权重和输入换成 NHWC
+        ours.to_channels_last()
+        theirs.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    runners = [Runner("clipedu", ours, device, precision, args.compile),
+               Runner("open_clip", theirs, device, precision, args.compile)]
     for r in runners:  # 预热：编译、内核选择、分配器缓存
         for _ in range(args.warmup):
             r.step(images, tokens)
@@ -174,6 +179,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--compile", action="store_true", help="两边都用 torch.compile")
+    p.add_argument("--channels-last", action="store_true", help="两边的卷积塔都用 channels_last")
     p.add_argument("--shrink", action="store_true", help="缩小宽度/层数/分辨率（CPU 上测大预设）")
     p.add_argument("--threads", type=int, default=None, help="CPU 线程数（默认 torch 的默认值）")
     p.add_argument("--peak-tflops", type=float, default=None, help="手动给出峰值算力以计算 MFU")
@@ -196,7 +202,8 @@ def main(argv=None):
     results = []
     for precision in args.precision.split(","):
         r = bench_precision(args, cfg, device, precision)
-        r.update(preset=name, device=str(device), threads=torch.get_num_threads(), compile=args.compile)
+        r.update(preset=name, device=str(device), threads=torch.get_num_threads(), compile=args.compile,
+                 channels_last=args.channels_last)
         results.append(r)
         line = (f"{name:18s} {precision:5s} B={args.batch_size:<4d} clipedu {r['clipedu_pairs_per_s']:9.1f} pairs/s"
                 f" | open_clip {r['open_clip_pairs_per_s']:9.1f} pairs/s | ratio {r['ratio']:.3f}")
