@@ -147,7 +147,7 @@ class TrainConfig:
     keep_last: int = 3                       # 保留最近 K 个按步保存的检查点
     resume: Optional[str] = None             # "latest" 或检查点路径
     eval_every: int = 0                      # 每 N 步评估一次；0 表示只在结束时评估
-    eval_size: int = 1000                    # 评估用的测试样本数
+    eval_size: int = 1000                    # 评估用的测试样本数；0 表示不评估
     log_every: int = 1                       # 每 N 步写一行 log.jsonl
     tensorboard: bool = False                # 同时写 TensorBoard 日志
     progress: bool = True                    # 显示 tqdm 进度条
