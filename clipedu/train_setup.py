@@ -5,9 +5,8 @@
 from __future__ import annotations
 
 import dataclasses
-import math
+import os
 import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -20,14 +19,12 @@ from torch.utils.data import DataLoader, IterableDataset
 from .checkpoint import (FORMAT, VERSION, find_latest, load_checkpoint, load_state_dict_checked,
                          rng_state, rotate_checkpoints, save_checkpoint, set_rng_state)
 from .config import CLIPConfig, TrainConfig
-from .distributed import all_reduce_mean, init_from_env, is_dist
+from .distributed import init_from_env, is_dist
 from .loss import ClipLoss
 from .optim import build_optimizer, build_scheduler
 from .precision import build_precision, prepare_model
-from .run_log import RunLogger
 from .sampler import GlobalBatchSampler
 from .tokenizer import ChineseTokenizer
-from .train_step import train_step
 
 
 @dataclass
@@ -75,6 +72,26 @@ def check_config(cfg: TrainConfig, world_size: int) -> None:
             f"= {world_size * cfg.accum_steps} 整除；每个进程每个微批需要相同的样本数。"
             f"请把 --batch-size 改成 {world_size * cfg.accum_steps} 的倍数 / batch not divisible"
         )
+
+
+def check_launch_env(device: torch.device) -> None:
+    """torchrun 的环境变量是否自洽：WORLD_SIZE>1 却缺 RANK 等，或每机进程数多于 GPU 数。"""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if not world.isdigit() or int(world) < 1:
+        raise ValueError(f"环境变量 WORLD_SIZE 应为正整数，实际为 {world!r}")
+    if int(world) == 1:
+        return
+    missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise ValueError(f"WORLD_SIZE={world}，但缺少环境变量 {missing}；多进程训练请用 torchrun 启动 / "
+                         f"inconsistent distributed environment")
+    rank = int(os.environ["RANK"])
+    if not 0 <= rank < int(world):
+        raise ValueError(f"RANK={rank} 不在 [0, WORLD_SIZE={world}) 内；请检查 torchrun 的 --nnodes/--node_rank")
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if device.type == "cuda" and local > torch.cuda.device_count():
+        raise ValueError(f"每台机器起了 {local} 个进程，但只有 {torch.cuda.device_count()} 块 GPU；"
+                         f"请把 --nproc_per_node 设为不超过 GPU 数")
 
 
 def seed_everything(seed: int) -> None:
@@ -146,6 +163,7 @@ def set_train_mode(raw: torch.nn.Module, cfg: TrainConfig) -> None:
 def build_state(cfg: TrainConfig, train_dataset=None) -> tuple[TrainState, Any, Optional[dict]]:
     """建好训练所需的一切；需要续训时恢复检查点。返回 (state, 数据集, 检查点)。"""
     device = resolve_device(cfg.device)
+    check_launch_env(device)
     rank, local_rank, world_size = init_from_env(device.type)
     if device.type == "cuda" and world_size > 1:
         device = torch.device("cuda", local_rank)

@@ -219,3 +219,16 @@ def test_clipedu_train_is_callable_whatever_the_import_order():
     assert callable(clipedu.train) and callable(module)
     with pytest.raises(TypeError, match="TrainConfig"):
         clipedu.train({"steps": 1})
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({"WORLD_SIZE": "2"}, "缺少环境变量"),
+    ({"WORLD_SIZE": "2", "RANK": "5", "LOCAL_RANK": "0", "MASTER_ADDR": "x", "MASTER_PORT": "1"}, "RANK=5"),
+    ({"WORLD_SIZE": "zwei"}, "正整数"),
+])
+def test_inconsistent_launch_env_fails_before_training(tmp_path, data, monkeypatch, env, needle):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ValueError, match=needle):
+        train(tiny_train_config(tmp_path / "x", steps=1, batch_size=8), train_dataset=data)
+    assert not (tmp_path / "x").exists()
