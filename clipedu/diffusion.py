@@ -257,7 +257,46 @@ def train_diffusion(model: nn.Module, diffusion: GaussianDiffusion, x0: torch.Te
     return history
 
 
+# ---- 与 CLIP 对接：像素空间 [-1, 1] ↔ CLIP 归一化 ----
+def clip_to_pixels(images: torch.Tensor, size: Optional[int] = None) -> torch.Tensor:
+    """CLIP 归一化的图像 → 扩散模型用的 [-1, 1] 像素；给 size 时用 2×2 平均池化等方式缩到该边长。"""
+    from .data import denormalize
+    x = denormalize(images) * 2 - 1
+    return x if size is None or size == x.shape[-1] else F.interpolate(x, size=size, mode="area")
+
+
+def pixels_to_clip(x: torch.Tensor, size: int = 32) -> torch.Tensor:
+    """[-1, 1] 像素 → CLIP 归一化并双线性放大到 size（CLIP 在 32 px 上训练，生成图只有 16 px）。"""
+    from .data import CLIP_MEAN, CLIP_STD
+    x = (x.clamp(-1, 1) + 1) / 2
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    mean = torch.tensor(CLIP_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+@torch.no_grad()
+def generate_and_classify(diffusion: GaussianDiffusion, unet: nn.Module, clip_model: nn.Module,
+                          classifier: torch.Tensor, text_emb: torch.Tensor, class_ids: torch.Tensor,
+                          guidance_scale: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """按类别的文本嵌入生成图像，再用 CLIP 零样本分类器判别（见第 2 章 sec-diffusion-lab）。
+
+    text_emb 为各类提示词的 CLIP 文本嵌入 [C, D]，class_ids 为要生成的类别 [N]。
+    返回 (生成图 [N, 3, s, s]，像素 [-1, 1]；CLIP 预测的类别 [N])。
+    """
+    device = next(unet.parameters()).device
+    s = unet.config.image_size
+    cond = text_emb.to(device)[class_ids.to(device)]
+    images = diffusion.sample(unet, (len(class_ids), 3, s, s), cond=cond, guidance_scale=guidance_scale,
+                              generator=torch.Generator().manual_seed(seed), device=device)
+    clip_device = next(clip_model.parameters()).device
+    feats = clip_model.encode_image(pixels_to_clip(images.to(clip_device)))
+    return images.cpu(), (feats.float() @ classifier.to(clip_device).float()).argmax(-1).cpu()
+
+
 __all__ = [
     "DiffusionConfig", "GaussianDiffusion", "make_beta_schedule", "cfg_combine", "timestep_embedding",
-    "ToyDenoiser", "toy_data_2d", "train_diffusion",
+    "ToyDenoiser", "toy_data_2d", "train_diffusion", "clip_to_pixels", "pixels_to_clip",
+    "generate_and_classify",
 ]
