@@ -56,7 +56,7 @@ def check_infonce(fn, verbose: bool = True):
     """检查 ``fn(image_features [N, D], text_features [N, D], tau: float) -> 标量``：对称 InfoNCE。
 
     输入特征**未归一化**；损失 = (图像→文本的交叉熵 + 文本→图像的交叉熵) / 2，logits = sim / τ
-    （式 eq-clip-loss）。第 i 张图像与第 i 条文本是正样本对。
+    （式 eq-infonce）。第 i 张图像与第 i 条文本是正样本对。
     """
     check_callable(fn, "check_infonce")
 
