@@ -232,3 +232,14 @@ def test_inconsistent_launch_env_fails_before_training(tmp_path, data, monkeypat
     with pytest.raises(ValueError, match=needle):
         train(tiny_train_config(tmp_path / "x", steps=1, batch_size=8), train_dataset=data)
     assert not (tmp_path / "x").exists()
+
+
+def test_init_from_checkpoint_loads_weights_and_tokenizer(tmp_path, data):
+    train(tiny_train_config(tmp_path / "a", steps=3, batch_size=8), train_dataset=data)
+    # lr=0：只看权重是否原样载入（AdamW 的衰减也乘以 lr，所以参数不动）
+    cfg = tiny_train_config(tmp_path / "b", steps=1, batch_size=8, lr=0.0, init_from=str(tmp_path / "a" / "last.pt"))
+    train(cfg, train_dataset=data)
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert b["train_state"]["step"] == 1 and b["tokenizer"] == a["tokenizer"]
