@@ -243,3 +243,21 @@ def test_init_from_checkpoint_loads_weights_and_tokenizer(tmp_path, data):
     b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert b["train_state"]["step"] == 1 and b["tokenizer"] == a["tokenizer"]
+
+
+def test_train_on_real_csv_and_wds_counts_bad_samples(tmp_path):
+    """真实数据路径：csv（map 式，坏图被替换并计数）与 wds（流式）都能训练，坏样本写进 metrics.json。"""
+    from realdata_fixtures import png_bytes, write_csv_folder
+    from clipedu.data.shard import write_shards
+    rows = [(f"{i}.png", f"第{i}张图", png_bytes((10 * i, 200 - 5 * i, 0))) for i in range(24)]
+    rows.append(("bad.png", "坏图", b"not an image"))
+    csv_path = write_csv_folder(tmp_path / "src", rows)
+    cfg = tiny_train_config(tmp_path / "csv", steps=4, batch_size=8, dataset="csv", data_path=str(csv_path),
+                            max_bad_fraction=0.5)
+    train(cfg)
+    bad = json.loads((tmp_path / "csv" / "metrics.json").read_text())["bad_samples"]
+    assert bad["bad"] >= 1 and "corrupt_image" in bad["by_reason"]
+    shards = write_shards(str(csv_path), str(tmp_path / "shards"), shard_size=10, max_bad_fraction=0.5)
+    cfg = tiny_train_config(tmp_path / "wds", steps=3, batch_size=8, dataset="wds", data_path=shards["pattern"])
+    history = train(cfg)
+    assert len(history) == 3 and all(math.isfinite(r["loss"]) for r in history)
