@@ -106,15 +106,36 @@ def rank_seed(seed: int, rank: int) -> int:
 
 
 def _init_weights_from(path: str):
-    """--init-from：clipedu 检查点给出 (配置, 权重, 分词器)；其余交给 clipedu.pretrained。"""
-    ckpt = load_checkpoint(path)
-    if ckpt.get("format") == FORMAT:
-        return (CLIPConfig.from_dict(ckpt["config"]), ckpt["model"],
-                ChineseTokenizer.from_state_dict(ckpt["tokenizer"]))
-    from .pretrained import load_pretrained  # OpenAI/open_clip 权重（另一个模块负责）
-    loaded = load_pretrained(path)
-    model, tokenizer = loaded if isinstance(loaded, tuple) else (loaded, None)
-    return model.config, model.state_dict(), tokenizer
+    """--init-from：返回 (模型配置, 权重, 分词器)。
+
+    clipedu 检查点原样载入；OpenAI/open_clip 权重（.safetensors、state dict、TorchScript）由
+    clipedu.pretrained 读出。英文权重的词表（49408 个 BPE 词元）与 ChineseTokenizer 不同，所以
+    像 Chinese-CLIP 那样：保留形状相符的全部权重（整个图像塔与文本 Transformer），换成中文词表，
+    只有 ``token_embedding`` 按新词表重新初始化。常与 ``--lock-image`` 一起用（见第 9 章 faq-finetune）。
+    """
+    from .pretrained import _is_torchscript, infer_config, read_state_dict
+
+    if not (str(path).endswith(".safetensors") or _is_torchscript(str(path))):
+        ckpt = load_checkpoint(path)
+        if ckpt.get("format") == FORMAT:
+            return (CLIPConfig.from_dict(ckpt["config"]), ckpt["model"],
+                    ChineseTokenizer.from_state_dict(ckpt["tokenizer"]))
+    sd = read_state_dict(str(path))
+    config = infer_config(sd)
+    tokenizer = ChineseTokenizer(context_length=config.text.context_length)
+    if config.text.vocab_size != tokenizer.vocab_size:
+        config.text.vocab_size, config.text.eos_token_id = tokenizer.vocab_size, tokenizer.eos_id
+        sd = {k: v for k, v in sd.items() if k != "token_embedding.weight"}
+        print(f"--init-from {path}：英文词表换成中文词表，token_embedding 重新初始化，其余权重照搬", flush=True)
+    own = set(_expected_keys(config))
+    return config, {k: v.float() if v.is_floating_point() else v for k, v in sd.items() if k in own}, tokenizer
+
+
+def _expected_keys(config: CLIPConfig) -> list[str]:
+    from .model import CLIP
+
+    with torch.device("meta"):
+        return list(CLIP(config).state_dict())
 
 
 def build_model(cfg: TrainConfig, resume_ckpt: Optional[dict]):
@@ -132,7 +153,8 @@ def build_model(cfg: TrainConfig, resume_ckpt: Optional[dict]):
     seed_everything(cfg.seed)  # 所有进程用同一个种子初始化，参数一开始就一致
     model = CLIP(model_config)
     if state is not None:
-        load_state_dict_checked(model, state)
+        # 从英文权重初始化时 token_embedding 按中文词表重建，其余键必须齐全且形状一致
+        load_state_dict_checked(model, state, strict="token_embedding.weight" in state)
     if tokenizer is None:
         tokenizer = ChineseTokenizer(context_length=model_config.text.context_length)
     if cfg.lock_image:
