@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -220,7 +221,7 @@ def fit_classifier(model: nn.Module, inputs: Sequence[torch.Tensor], labels: tor
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     warmup = max(1, steps // 20)
-    lr_at = lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * s / steps)).item())
+    lr_at = lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     model.train()
     history, start = [], time.perf_counter()
