@@ -34,7 +34,7 @@ def check_patchify(fn, verbose: bool = True):
         return run
 
     cases = [("1 张 3×8×8 图像，图块 4（共 4 块）", case(1, 3, 8, 4, 80)),
-             ("2 张 3×32×32 图像，图块 4（tiny-cpu 的设置，共 64 块）", case(2, 3, 32, 4, 81)),
+             ("2 张 3×32×32 图像，图块 8（tiny-cpu 的设置，共 16 块）", case(2, 3, 32, 8, 81)),
              ("2 张 1×6×6 图像，图块 2", case(2, 1, 6, 2, 82))]
     return run_checks("图块切分 check_patchify", cases, verbose)
 
