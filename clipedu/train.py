@@ -103,7 +103,10 @@ def _one_step(state: TrainState, batch, dataset) -> dict:
     state.bad.update(batch)
     state.bad.check()  # 坏样本比例超限就停，不在垃圾数据上训练
     images = images.to(state.device, non_blocking=True)
-    tokens = state.tokenizer(captions, context_length=state.model_config.text.context_length).to(state.device)
+    tokens = state.tokenizer(captions, context_length=state.model_config.text.context_length)
+    if not cfg.compile:  # 编译时保持静态形状；否则截掉全是 [PAD] 的尾部列，结果不变、文本塔快 2–3 倍
+        tokens = state.tokenizer.trim_padding(tokens)
+    tokens = tokens.to(state.device)
     lr = cfg.lr * state.scheduler.lr_lambdas[0](state.scheduler.last_epoch)  # 本步用的（基础）学习率
 
     state.optimizer.zero_grad(set_to_none=True)

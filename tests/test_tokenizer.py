@@ -78,3 +78,17 @@ def test_non_string_captions_raise(tok, bad):
 def test_context_length_too_small(tok, L):
     with pytest.raises(ValueError, match=r"\[SOS\].*\[EOS\]"):
         tok("猫", context_length=L)
+
+
+def test_trim_padding_keeps_text_features(tok):
+    """截掉尾部 [PAD] 列不改变文本特征：因果注意力加 [EOS] 取句向量，[EOS] 之后的位置不起作用。"""
+    import clipedu
+
+    full = tok(["红色的圆形", "一个位于左上方的大号蓝色三角形", ""], context_length=32)
+    trimmed = tok.trim_padding(full)
+    assert trimmed.shape == (3, 17) and torch.equal(trimmed, full[:, :17])
+    torch.manual_seed(0)
+    model = clipedu.create_model("tiny-cpu").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_text(trimmed), model.encode_text(full), rtol=1e-5, atol=1e-6)
+    assert tok.trim_padding(tok([""], context_length=8)).shape == (1, 2)
