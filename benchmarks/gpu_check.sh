@@ -4,7 +4,8 @@
 #   OUT=results_dir bash benchmarks/gpu_check.sh
 #
 # 检查：bf16 autocast 与 fp32 特征一致、SDPA 走 flash/高效核、tiny-cpu 在 GPU 上用 amp_bf16 训练并评估、
-# amp_fp16 + GradScaler、torch.compile、torchrun + NCCL（单卡 1 进程）、中断后 --resume 续训，
+# 各精度（含 amp_fp16 + GradScaler）、累积 + 重算、torch.compile、channels_last、torchrun + NCCL（单卡 1 进程）、
+# 中断后 --resume 续训，
 # 以及 vit-b-32 bf16 batch 256 与 open_clip 的吞吐对比（pairs/s、MFU、峰值显存）。
 # 每一步的输出都写到 $OUT/gpu_check.log，结果 JSON 写到 $OUT/。
 set -uo pipefail
@@ -36,13 +37,8 @@ step "tiny-cpu 在 GPU 上训练（amp_bf16，800 步，batch 256）" \
         --lr 2e-3 --out "$RUNS/bf16" --no-progress
 cp "$RUNS/bf16/metrics.json" "$OUT/tiny_bf16_metrics.json" 2>/dev/null
 
-step "amp_fp16 + GradScaler（100 步）" \
-    $PY -m clipedu train --preset tiny-cpu --device cuda --precision amp_fp16 --steps 100 --batch-size 256 \
-        --out "$RUNS/fp16" --no-progress --eval-size 0
-
-step "torch.compile（100 步）" \
-    $PY -m clipedu train --preset tiny-cpu --device cuda --precision amp_bf16 --compile --steps 100 \
-        --batch-size 256 --out "$RUNS/compile" --no-progress --eval-size 0
+step "训练引擎各精度/累积/重算/编译/channels_last（scripts/gpu_train_check.py）" \
+    $PY scripts/gpu_train_check.py --out "$RUNS/engine" --steps 60
 
 step "torchrun + NCCL（1 进程）" \
     $PY -m torch.distributed.run --standalone --nproc_per_node=1 -m clipedu train --preset tiny-cpu \
