@@ -1,4 +1,4 @@
-"""第 3 章的练习检查器：图块切分、零样本预测与提示词集成（见第 3 章 sec-step-image、sec-zero-shot）。"""
+"""第 3 章的练习检查器：图块切分、零样本预测与提示集成（见第 3 章 sec-step-image、sec-zero-shot）。"""
 from __future__ import annotations
 
 import torch
@@ -72,7 +72,7 @@ def check_zero_shot_predict(fn, verbose: bool = True):
 
 
 def check_prompt_ensemble(fn, verbose: bool = True):
-    """检查 ``fn(template_features [C, T, D]) -> classifier [D, C]``：提示词集成。
+    """检查 ``fn(template_features [C, T, D]) -> classifier [D, C]``：提示集成。
 
     每个类别有 T 个模板的文本特征（未归一化）：先逐个 L2 归一化，再在模板维上取平均，
     最后再 L2 归一化；返回形状与 ``clipedu.zero_shot_classifier`` 相同的 [D, C]。
@@ -96,7 +96,7 @@ def check_prompt_ensemble(fn, verbose: bool = True):
     cases = [("3 个类别 × 4 个模板", case(3, 4, 8, 100)),
              ("24 个类别 × 8 个模板", case(24, 8, 32, 101)),
              ("单模板：5 个类别 × 1 个模板", case(5, 1, 16, 102))]
-    return run_checks("提示词集成 check_prompt_ensemble", cases, verbose)
+    return run_checks("提示集成 check_prompt_ensemble", cases, verbose)
 
 
 __all__ = ["check_patchify", "check_zero_shot_predict", "check_prompt_ensemble"]
