@@ -2,7 +2,7 @@
 
 用法（结果写入 benchmarks/results/ch2.md 中本脚本的小节）：
     python benchmarks/ch2_fusion.py --steps 1500 --write
-CPU 上想快速看一眼可用 --steps 200 --train-blocks 5。
+与笔记本相同的 CPU 预算：--steps 800 --batch-size 64 --train-blocks 20 --clip-steps 150。
 """
 from __future__ import annotations
 
@@ -77,6 +77,7 @@ def clip_yesno(args, device, train_ds, test_ds, Xi, Ei, gallery) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=1500, help="每个融合模型的训练步数")
+    p.add_argument("--batch-size", type=int, default=128, help="批大小（笔记本在 CPU 上用 800 步 × 64）")
     p.add_argument("--clip-steps", type=int, default=300, help="对照用 CLIP 的训练步数")
     p.add_argument("--train-blocks", type=int, default=40, help="训练集大小 = 216 × 该值（216 = 一个均衡区块）")
     p.add_argument("--gallery", type=int, default=10_000, help="查询代价用的图库大小")
@@ -97,7 +98,7 @@ def main() -> None:
     for name in ("text-only", "early", "late", "hybrid"):
         torch.manual_seed(args.seed)
         model = FUSION_MODELS[name](FusionConfig()).to(device)
-        hist = fit_classifier(model, (Xi, Xt), Y, steps=args.steps, batch_size=128, lr=2e-3, seed=args.seed, device=device)
+        hist = fit_classifier(model, (Xi, Xt), Y, steps=args.steps, batch_size=args.batch_size, lr=2e-3, seed=args.seed, device=device)
         correct = predict(model, (Ei, Et)) == EY
         yesno = correct[[q == "yesno" for q in qtype]].float().mean().item()
         rows[name] = {"params": num_params(model), "train_seconds": hist[-1]["time"], "acc": correct.float().mean().item(),
@@ -106,7 +107,7 @@ def main() -> None:
     rows["clip"] = clip_yesno(args, device, train_ds, test_ds, Xi, Ei, gallery)
     print("clip", json.dumps(rows["clip"], ensure_ascii=False), flush=True)
     names = {"text-only": "只看问题", "early": "早期融合", "late": "晚期融合", "hybrid": "混合融合", "clip": "双塔 CLIP（对齐）"}
-    lines = [f"### 融合对比（图形问答，`python benchmarks/ch2_fusion.py --steps {args.steps}`，{device_name(device)}）", "",
+    lines = [f"### 融合对比（图形问答，`python benchmarks/ch2_fusion.py --steps {args.steps} --batch-size {args.batch_size} --train-blocks {args.train_blocks}`，{device_name(device)}）", "",
              f"训练集 {len(train_ds)} 题、测试集 {len(test_ds)} 题；只看问题的理论随机水平 {test_ds.blind_chance:.1%}；"
              f"查询 = 1 个问题 × {args.gallery} 张图（索引已建好）。", "",
              "| 模型 | 参数量 | 训练时间/秒 | 测试准确率 | 是非题准确率 | 建索引/秒 | 查询/秒 | 查询 GFLOPs |",
