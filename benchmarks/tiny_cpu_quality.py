@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--time-budget", type=float, default=120.0, help="训练时间上限（秒）")
     p.add_argument("--no-time", action="store_true", help="不设时间上限，只按 --steps 训练")
-    p.add_argument("--steps", type=int, default=300, help="余弦日程的总步数（2 核安静机器上约 120 s）")
+    p.add_argument("--steps", type=int, default=700, help="余弦日程的总步数（2 核安静机器上约 100 s）")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup-steps", type=int, default=30)

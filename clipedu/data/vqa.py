@@ -1,4 +1,4 @@
-"""图形问答 ShapesVQADataset：几何图形世界上的中文视觉问答（见第 2 章 sec-fusion）。
+"""图形问答 ShapesVQADataset：几何图形世界上的中文视觉问答（见第 2 章 sec-fusion-lab）。
 
 问题有三类：是非题（``图中有红色的圆形吗？``）、问颜色（``三角形是什么颜色？``）、
 问形状（``红色的图形是什么形状？``）。关键是**答案对问题是均衡的**：把所有
@@ -72,7 +72,7 @@ def _scene(rng: np.random.Generator, answer: int, c: int, s: int, n: int) -> lis
 
 
 class ShapesVQADataset(torch.utils.data.Dataset):
-    """图形问答（见第 2 章 sec-fusion）。样本为 ``(图像 [3,H,W], 问题 str, 答案 id)``，答案文本为 ``ANSWERS[id]``。
+    """图形问答（见第 2 章 sec-fusion-lab）。样本为 ``(图像 [3,H,W], 问题 str, 答案 id)``，答案文本为 ``ANSWERS[id]``。
 
     第 i 个样本是 (seed, split, i) 的纯函数；size 为区块长度（len(PAIRS)）的整数倍时，
     每个问题的答案分布严格均匀。
