@@ -4,7 +4,7 @@
 # 只预览文字排版时可用 SKIP_NOTEBOOKS=1 跳过第 3 步（笔记本页面将没有输出）。
 # 步骤：
 #   1. scripts/setup.sh（可用 SKIP_SETUP=1 跳过，test.sh 已经跑过时用）
-#   2. 把 _config.yml、_toc.yml、book/、notebooks/ 复制到 _stage/（clipedu/ 以符号链接给 literalinclude 用）
+#   2. 把 _config.yml、_toc.yml、book/、notebooks/ 复制到 _stage/（clipedu/、benchmarks/、scripts/ 以符号链接给 literalinclude/include 用）
 #   3. 在副本上 pytest --nbmake --overwrite：每个笔记本在自己的目录里执行一次，输出写回副本，仓库里的笔记本保持无输出
 #   4. 运行 book/figures/make_*.py（在副本里，图写进副本的 book/figures/generated/）
 #   5. jupyter-book build（_config.yml 里 execute_notebooks: "off"）加 -W -n --keep-going：任何警告、断链都让构建失败
@@ -35,6 +35,8 @@ if [[ -d notebooks ]]; then cp -r notebooks/. "$STAGE/notebooks/"; fi
 rm -rf "$STAGE/book/figures/generated"
 find "$STAGE" -name .ipynb_checkpoints -prune -exec rm -rf {} +
 ln -s "$ROOT/clipedu" "$STAGE/clipedu"
+ln -s "$ROOT/benchmarks" "$STAGE/benchmarks"   # 「性能与基准」一页 include 的结果文件
+ln -s "$ROOT/scripts" "$STAGE/scripts"         # 第 5 章 literalinclude 的 SLURM 示例
 printf "[pytest]\n" > "$STAGE/pytest.ini"   # 挡住仓库 pyproject.toml 里的 pytest 配置
 
 shopt -s nullglob
