@@ -172,10 +172,7 @@ class ShapesDataset(torch.utils.data.Dataset):
         return self._cache[chunk]
 
     def _index(self, i) -> int:
-        i = _as_index(i)
-        if not -self.size <= i < self.size:
-            raise IndexError(f"下标 {i} 越界；数据集大小为 {self.size}")
-        return i % self.size
+        return _as_index(i, self.size)
 
     def _item(self, i) -> tuple[np.ndarray, list[tuple], str, int]:
         """第 i 个样本的 (uint8 图, 物体列表, 标题, 类别)，只查一次缓存。"""
@@ -220,14 +217,18 @@ class ShapesDataset(torch.utils.data.Dataset):
                 f"seed={self.seed}, max_objects={self.max_objects})")
 
 
-def _as_index(i) -> int:
-    """接受 Python/numpy 整数与 0 维整数张量（采样器可能给出任一种）；其余类型报错。"""
+def _as_index(i, size: int) -> int:
+    """把下标规整到 [0, size)：接受 Python/numpy 整数与 0 维整数张量（采样器可能给出任一种），
+    支持负下标；其余类型或越界都报错。"""
     try:
         if isinstance(i, bool):
             raise TypeError
-        return operator.index(i)
+        i = operator.index(i)
     except TypeError:
         raise TypeError(f"下标应为整数，实际为 {type(i).__name__} / index must be an int") from None
+    if not -size <= i < size:
+        raise IndexError(f"下标 {i} 越界；数据集大小为 {size}")
+    return i % size
 
 
 def _check_args(split, size, image_size, seed, max_objects) -> None:

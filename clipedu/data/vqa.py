@@ -131,10 +131,7 @@ class ShapesVQADataset(torch.utils.data.Dataset):
         return self._cache[chunk]
 
     def _index(self, i) -> int:
-        i = _as_index(i)
-        if not -self.size <= i < self.size:
-            raise IndexError(f"下标 {i} 越界；数据集大小为 {self.size}")
-        return i % self.size
+        return _as_index(i, self.size)
 
     def raw(self, i: int) -> np.ndarray:
         """第 i 张图的 uint8 数组 [H, W, 3]。"""
