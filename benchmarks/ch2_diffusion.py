@@ -6,8 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 
 import torch
@@ -17,7 +15,7 @@ from clipedu.data import ShapesDataset
 from clipedu.diffusion import (DiffusionConfig, GaussianDiffusion, clip_to_pixels, generate_and_classify,
                                pixels_to_clip, train_diffusion)
 from clipedu.unet import TinyUNet, UNetConfig
-from ch2_fusion import device_name, write_section
+from ch2_fusion import device_name, train_shapes_clip, write_section
 
 
 def main() -> None:
@@ -33,12 +31,7 @@ def main() -> None:
     p.add_argument("--write", action="store_true")
     args = p.parse_args()
     device = torch.device(args.device)
-    out = tempfile.mkdtemp(prefix="ch2_diffusion_")
-    t0 = time.perf_counter()
-    clipedu.train(clipedu.TrainConfig(preset="tiny-cpu", steps=args.clip_steps, out_dir=out, eval_size=300,
-                                      progress=False, device=str(device), seed=args.seed))
-    clip_s = time.perf_counter() - t0
-    clip_model, tok = clipedu.load_model(os.path.join(out, "last.pt"), device=device)
+    clip_model, tok, clip_s = train_shapes_clip(args.clip_steps, args.seed, device)
     clip_model.eval().requires_grad_(False)
     ds = ShapesDataset("train", size=args.train_size, image_size=32, seed=args.seed)
     classifier = clipedu.zero_shot_classifier(clip_model, tok, ds.classnames, clipedu.TEMPLATES, device=device)

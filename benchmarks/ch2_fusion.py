@@ -38,6 +38,17 @@ def write_section(name: str, text: str, path: Path = RESULTS) -> None:
     path.write_text(body, encoding="utf-8")
 
 
+def train_shapes_clip(steps: int, seed: int, device: torch.device):
+    """在几何图形世界上训练一个 tiny-cpu CLIP（临时目录），返回 (模型, 分词器, 训练秒数)。"""
+    out = tempfile.mkdtemp(prefix="ch2_clip_")
+    t0 = time.perf_counter()
+    clipedu.train(clipedu.TrainConfig(preset="tiny-cpu", steps=steps, out_dir=out, eval_size=300,
+                                      progress=False, device=str(device), seed=seed))
+    seconds = time.perf_counter() - t0
+    model, tok = clipedu.load_model(f"{out}/last.pt", device=device)
+    return model, tok, seconds
+
+
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU × {torch.get_num_threads()} 线程"
 

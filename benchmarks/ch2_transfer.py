@@ -6,9 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
-import time
 
 import torch
 from sklearn.linear_model import LogisticRegression
@@ -16,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 import clipedu
 from clipedu.data import DigitsDataset, ShapesDataset
 from clipedu.fusion import fit_classifier, predict
-from ch2_fusion import device_name, write_section
+from ch2_fusion import device_name, train_shapes_clip, write_section
 
 
 class ImageClassifier(torch.nn.Module):
@@ -76,12 +73,7 @@ def main() -> None:
     p.add_argument("--write", action="store_true")
     args = p.parse_args()
     device = torch.device(args.device)
-    out = tempfile.mkdtemp(prefix="ch2_transfer_")
-    t0 = time.perf_counter()
-    clipedu.train(clipedu.TrainConfig(preset="tiny-cpu", steps=args.clip_steps, out_dir=out, eval_size=300,
-                                      progress=False, device=str(device), seed=args.seed))
-    clip_s = time.perf_counter() - t0
-    pretrained, tok = clipedu.load_model(os.path.join(out, "last.pt"), device=device)
+    pretrained, tok, clip_s = train_shapes_clip(args.clip_steps, args.seed, device)
     torch.manual_seed(args.seed)
     scratch = clipedu.create_model("tiny-cpu").to(device)
 
