@@ -228,6 +228,15 @@ class CLIP(TextTransformer):
     这样分布式训练时损失可以先跨进程收集特征。
     """
 
+    def __new__(cls, config: CLIPConfig, *args, **kwargs):
+        # 文本塔是 BERT（Chinese-CLIP）时建 clipedu.bert.BertCLIP：它是 CLIP 的子类，键名与 Chinese-CLIP 一致
+        if isinstance(config, CLIPConfig) and config.text.arch not in ("transformer", "bert"):
+            raise ValueError(f"未知文本塔结构 text.arch={config.text.arch!r}；应为 'transformer' 或 'bert'")
+        if cls is CLIP and isinstance(config, CLIPConfig) and config.text.arch == "bert":
+            from .bert import BertCLIP
+            return super().__new__(BertCLIP)
+        return super().__new__(cls)
+
     def __init__(self, config: CLIPConfig):
         if not isinstance(config, CLIPConfig):
             raise TypeError(f"CLIP 需要 CLIPConfig，实际为 {type(config).__name__}；可用 create_model('tiny-cpu')")

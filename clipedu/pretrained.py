@@ -131,6 +131,9 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
                 f"拒绝加载 {path!r}：文件里有张量之外的 pickle 对象（可能是恶意代码），"
                 f"weights_only=True 已阻止它执行。原始信息：{str(e).splitlines()[0]} / refused unsafe pickle"
             ) from None
+        except Exception as e:  # noqa: BLE001  截断的 zip、乱码文件会从各层抛出各种异常
+            raise ValueError(f"{path!r} 已损坏或被截断（{type(e).__name__}: {str(e)[:100]}）"
+                             f" / corrupt or truncated weights file") from None
     for wrapper in ("state_dict", "model"):  # 训练脚本常见的外壳：{"state_dict": {...}, "epoch": ...}
         if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
             sd = sd[wrapper]
@@ -173,7 +176,7 @@ def infer_config(sd: dict[str, torch.Tensor], quick_gelu: bool = True) -> CLIPCo
 
 
 def load_pretrained(path: str, device: str | torch.device = "cpu", quick_gelu: bool = True):
-    """读 OpenAI/open_clip 权重，返回 ``(CLIP, preprocess)``（见第 5 章 sec-code-pretrained）。
+    """读 OpenAI/open_clip 或 Chinese-CLIP 权重，返回 ``(CLIP, preprocess)``（见第 5 章 sec-code-pretrained）。
 
     OpenAI 原版权重用 QuickGELU（默认）；open_clip 里不带 ``-quickgelu`` 的模型请传 ``quick_gelu=False``。
     权重统一转成 fp32；需要半精度时再 ``.to(torch.bfloat16)`` 或用 autocast。
@@ -181,6 +184,9 @@ def load_pretrained(path: str, device: str | torch.device = "cpu", quick_gelu: b
     from .data.transforms import eval_transform
 
     sd = read_state_dict(str(path))
+    from .cnclip_weights import cnclip_from_state_dict, is_cnclip_state_dict
+    if is_cnclip_state_dict(sd):  # Chinese-CLIP（BERT 文本塔）：见 clipedu.cnclip_weights，preprocess 用它的变换
+        return cnclip_from_state_dict(sd, device)
     config = infer_config(sd, quick_gelu=quick_gelu)
     model = CLIP(config)
     expected = model.state_dict()
