@@ -133,16 +133,16 @@ def load_state_dict_checked(model: torch.nn.Module, state: dict, strict: bool = 
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """从 clipedu 检查点重建 ``(CLIP, ChineseTokenizer)``，模型处于 eval 模式。"""
+    """从 clipedu 检查点重建 ``(CLIP, 分词器)``，模型处于 eval 模式；分词器是训练时保存的那个。"""
     from .config import CLIPConfig
     from .model import CLIP
-    from .tokenizer import ChineseTokenizer
+    from .bert_tokenizer import tokenizer_from_state_dict
 
     ckpt = load_checkpoint(path)
     _require_clipedu(ckpt, path)
     model = CLIP(CLIPConfig.from_dict(ckpt["config"]))
     load_state_dict_checked(model, ckpt["model"])
-    tokenizer = ChineseTokenizer.from_state_dict(ckpt["tokenizer"])
+    tokenizer = tokenizer_from_state_dict(ckpt["tokenizer"])  # ChineseTokenizer 或 BertChineseTokenizer
     return model.to(device).eval(), tokenizer
 
 

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 # (旗标, TrainConfig 字段, 类型, 帮助)；默认值一律取 TrainConfig 的，命令行只覆盖给出的项
 _TRAIN_FLAGS = [
-    ("--preset", "preset", str, "模型预设：tiny-cpu | small | rn50 | vit-b-32 | vit-b-16"),
+    ("--preset", "preset", str, "模型预设：tiny-cpu | small | rn50 | vit-b-32 | vit-b-16 | cn-clip-rn50 | cn-clip-vit-b-16 | …"),
     ("--out", "out_dir", str, "输出目录（last.pt、metrics.json、log.jsonl）；默认 runs/<preset>"),
     ("--steps", "steps", int, "优化器步数"),
     ("--time-budget", "time_budget", float, "训练时间上限（秒），到时保存并停止"),
@@ -41,6 +41,7 @@ _TRAIN_FLAGS = [
     ("--max-bad-fraction", "max_bad_fraction", float, "坏样本比例上限"),
     ("--init-from", "init_from", str, "从检查点或预训练权重初始化（微调）"),
     ("--head-lr-mult", "head_lr_mult", float, "投影头与 logit_scale 的学习率倍数"),
+    ("--image-lr-mult", "image_lr_mult", float, "图像塔（投影头除外）的学习率倍数，如 0.1"),
 ]
 # (旗标, 字段, 设成的值, 帮助)
 _SWITCHES = [
@@ -66,7 +67,7 @@ def _add_train_parser(sub) -> None:
 
 def _add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="评估检查点（零样本与检索）")
-    p.add_argument("--checkpoint", required=True, help="clipedu 检查点（.pt）")
+    p.add_argument("--checkpoint", required=True, help="clipedu 检查点（.pt），或 Chinese-CLIP 权重（.pt/.safetensors）")
     p.add_argument("--json", action="store_true", help="只打印一个 JSON 对象")
     p.add_argument("--dataset", default="shapes",
                    help="shapes（默认）| imagefolder | cifar10 | cifar100 | cn-clip（后四个需要 --root）")
@@ -123,11 +124,10 @@ def _cmd_train(args) -> int:
 def evaluate_checkpoint(path: str, dataset: str = "shapes", root: Optional[str] = None, eval_size: int = 1000,
                         seed: int = 0, device: str = "auto") -> dict:
     """eval 子命令的实现：载入检查点，在 shapes（或 eval_sets 里的数据集）上评估。"""
-    from .checkpoint import load_model
     from .shapes_eval import evaluate_classification, evaluate_shapes
     from .train_setup import resolve_device
 
-    model, tokenizer = load_model(path, device=resolve_device(device))
+    model, tokenizer = _load_for_eval(path, resolve_device(device))
     if dataset == "shapes":
         metrics = evaluate_shapes(model, tokenizer, size=eval_size, seed=seed)
     else:
@@ -138,6 +138,21 @@ def evaluate_checkpoint(path: str, dataset: str = "shapes", root: Optional[str] 
         else:
             metrics = evaluate_classification(model, tokenizer, ds, classnames, templates)
     return {"checkpoint": str(path), "dataset": dataset, **metrics}
+
+
+def _load_for_eval(path: str, device):
+    """clipedu 检查点用 load_model；Chinese-CLIP 的原始权重用 load_pretrained，配它自己的 BERT 分词器。"""
+    from .checkpoint import FORMAT, load_checkpoint, load_model
+
+    if not str(path).endswith(".safetensors") and load_checkpoint(path).get("format") == FORMAT:
+        return load_model(path, device=device)
+    from .bert_tokenizer import BertChineseTokenizer
+    from .pretrained import load_pretrained
+    model, _ = load_pretrained(path, device=device)
+    if model.config.text.arch != "bert":
+        raise ValueError(f"{path} 是 OpenAI/open_clip 的英文权重，eval 的中文类名与模板不适用；"
+                         f"请先用 train --init-from 微调成 clipedu 检查点 / English weights")
+    return model, BertChineseTokenizer(context_length=model.config.text.context_length)
 
 
 def _cmd_eval(args) -> int:

@@ -176,6 +176,7 @@ class TrainConfig:
     init_from: Optional[str] = None          # 从已有检查点或预训练权重初始化
     lock_image: bool = False                 # 冻结图像塔（LiT 式微调）
     head_lr_mult: float = 1.0                # 投影头与 logit_scale 的学习率倍数
+    image_lr_mult: float = 1.0               # 图像塔（投影头除外）的学习率倍数；微调时常取 0.1（0 等于冻结）
     # ---- 保存、日志与评估 ----
     out_dir: str = "runs/tiny-cpu"           # 输出目录：last.pt、metrics.json、log.jsonl
     save_every: int = 0                      # 每 N 步保存一次检查点；0 表示只在结束时保存

@@ -22,18 +22,24 @@ def is_head_param(name: str) -> bool:
     return name in HEAD_PARAM_NAMES or name.startswith("visual.attnpool.c_proj")
 
 
-def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, head_lr_mult: float = 1.0) -> list[dict]:
-    """按（是否衰减 × 是否投影头）把可训练参数分成至多四组；空组不出现。"""
-    groups: dict[tuple[bool, bool], dict] = {}
+def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, head_lr_mult: float = 1.0,
+                 image_lr_mult: float = 1.0) -> list[dict]:
+    """按（是否衰减 × 是否投影头 × 是否图像塔）把可训练参数分组；空组不出现。
+
+    image_lr_mult ≠ 1 时图像塔（投影头除外）单独成组：微调预训练模型时给两座塔不同的学习率。
+    """
+    groups: dict[tuple[bool, bool, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue  # 例如 lock_image 冻结的图像塔
-        key = (no_weight_decay(name, p), is_head_param(name))
+        head = is_head_param(name)
+        image = image_lr_mult != 1.0 and name.startswith("visual.") and not head
+        key = (no_weight_decay(name, p), head, image)
         if key not in groups:
             groups[key] = {
                 "params": [], "names": [],
                 "weight_decay": 0.0 if key[0] else weight_decay,
-                "lr": lr * (head_lr_mult if key[1] else 1.0),
+                "lr": lr * (head_lr_mult if head else image_lr_mult if image else 1.0),
             }
         groups[key]["params"].append(p)
         groups[key]["names"].append(name)
@@ -44,7 +50,7 @@ def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, head_lr
 
 def build_optimizer(model: torch.nn.Module, cfg, device: torch.device) -> torch.optim.AdamW:
     """AdamW；在 CUDA 上用 fused 内核（一次 kernel 更新全部参数，省去上百次小 kernel 启动）。"""
-    groups = param_groups(model, cfg.lr, cfg.weight_decay, cfg.head_lr_mult)
+    groups = param_groups(model, cfg.lr, cfg.weight_decay, cfg.head_lr_mult, cfg.image_lr_mult)
     fused = device.type == "cuda"
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
 

@@ -24,6 +24,7 @@ from .loss import ClipLoss
 from .optim import build_optimizer, build_scheduler
 from .precision import build_precision, prepare_model
 from .sampler import GlobalBatchSampler
+from .bert_tokenizer import BertChineseTokenizer, tokenizer_from_state_dict
 from .tokenizer import ChineseTokenizer
 
 
@@ -38,7 +39,7 @@ class TrainState:
     model_config: CLIPConfig
     raw_model: torch.nn.Module          # 未被 DDP/compile 包装的模型：保存它的 state_dict
     model: torch.nn.Module              # 前向用的模型（可能是 DDP(compile(raw))）
-    tokenizer: ChineseTokenizer
+    tokenizer: ChineseTokenizer | BertChineseTokenizer
     optimizer: torch.optim.Optimizer
     scheduler: Any
     precision: Any
@@ -119,8 +120,14 @@ def _init_weights_from(path: str):
         ckpt = load_checkpoint(path)
         if ckpt.get("format") == FORMAT:
             return (CLIPConfig.from_dict(ckpt["config"]), ckpt["model"],
-                    ChineseTokenizer.from_state_dict(ckpt["tokenizer"]))
+                    tokenizer_from_state_dict(ckpt["tokenizer"]))
     sd = read_state_dict(str(path))
+    from .cnclip_weights import infer_cnclip_config, is_cnclip_state_dict, normalize_keys
+    if is_cnclip_state_dict(sd):  # Chinese-CLIP：整套权重照搬，保留它自己的 BERT 分词器（见第 6 章 sec-cnclip）
+        sd = normalize_keys(sd)
+        config = infer_cnclip_config(sd)
+        return (config, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()},
+                BertChineseTokenizer(context_length=config.text.context_length))
     config = infer_config(sd)
     tokenizer = ChineseTokenizer(context_length=config.text.context_length)
     if config.text.vocab_size != tokenizer.vocab_size:
@@ -145,7 +152,7 @@ def build_model(cfg: TrainConfig, resume_ckpt: Optional[dict]):
     state, tokenizer = None, None
     if resume_ckpt is not None:
         model_config = CLIPConfig.from_dict(resume_ckpt["config"])
-        tokenizer = ChineseTokenizer.from_state_dict(resume_ckpt["tokenizer"])
+        tokenizer = tokenizer_from_state_dict(resume_ckpt["tokenizer"])
     elif cfg.init_from:
         model_config, state, tokenizer = _init_weights_from(cfg.init_from)
     else:
@@ -154,7 +161,9 @@ def build_model(cfg: TrainConfig, resume_ckpt: Optional[dict]):
     model = CLIP(model_config)
     if state is not None:
         # 从英文权重初始化时 token_embedding 按中文词表重建，其余键必须齐全且形状一致
-        load_state_dict_checked(model, state, strict="token_embedding.weight" in state)
+        load_state_dict_checked(model, state, strict="token_embedding.weight" in state or model_config.text.arch == "bert")
+    if tokenizer is None and model_config.text.arch == "bert":
+        tokenizer = BertChineseTokenizer(context_length=model_config.text.context_length)
     if tokenizer is None:
         tokenizer = ChineseTokenizer(context_length=model_config.text.context_length)
     if cfg.lock_image:
