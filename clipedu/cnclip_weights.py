@@ -43,7 +43,7 @@ def read_weights(path: str) -> dict:
             return load_file(path, device="cpu")
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e):
+        if "GLOBAL" in str(e):  # weights_only 拒绝了张量之外的全局名字：恶意载荷正是这个样子
             raise ValueError(f"拒绝加载 {path!r}：文件里有张量之外的 Python 对象（可能是恶意 pickle），"
                              f"weights_only=True 已阻止它执行 / refused unsafe pickle") from None
         raise ValueError(f"{path!r} 已损坏或不是 PyTorch 权重文件 / corrupt weights file") from None

@@ -314,7 +314,11 @@ def batch_stream(dataset, state: TrainState):
         for idx in sampler:  # ShapesDataset 的批量快速路径
             images, captions, labels = dataset.get_batch(idx)
             yield Batch(images, captions, labels, {}, len(idx))
-    yield from DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers)
+    # 自带 generator：DataLoader 建迭代器时要取一个随机种子，不给它就会从全局随机数里取一个，
+    # 续训时全局随机数（数据增强、dropout 用的）就比一口气跑完的错开一位，结果不再逐位相同
+    generator = torch.Generator().manual_seed(rank_seed(cfg.seed, state.rank) + state.samples_seen)
+    yield from DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
+                          generator=generator)
 
 
 __all__ = ["TrainState", "build_state", "check_config", "resolve_device", "batch_stream",
