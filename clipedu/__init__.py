@@ -13,7 +13,7 @@ _EXPORTS = {
     "VisionConfig": "config", "TextConfig": "config", "CLIPConfig": "config",
     "TrainConfig": "config", "PRESETS": "config", "get_preset": "config",
     # 分词
-    "ChineseTokenizer": "tokenizer",
+    "ChineseTokenizer": "tokenizer", "BertChineseTokenizer": "bert_tokenizer",
     # 模型
     "CLIP": "model", "VisionTransformer": "model", "TextTransformer": "model",
     "create_model": "model", "ModifiedResNet": "resnet",
@@ -28,6 +28,7 @@ _EXPORTS = {
     "load_model": "checkpoint",
     # 预训练权重
     "load_pretrained": "pretrained", "english_tokenizer": "pretrained",
+    "load_cnclip": "cnclip_weights", "BertCLIP": "bert",
     # 笔记本
     "setup_notebook": "notebook",
 }

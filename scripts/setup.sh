@@ -25,6 +25,17 @@ else
     log "Python 依赖已是最新（requirements.txt 未变），跳过 pip"
 fi
 
+# ---- 1b. cn_clip（Chinese-CLIP，测试依赖）：单独一块，--no-deps -------------------------
+# tests/test_cnclip_*.py 拿 clipedu 的 BERT 分词器与模型和它逐位对比；BertChineseTokenizer 默认也读它附带的 vocab.txt。
+# cn_clip 钉死 lmdb==1.3.0（只在它自己的训练脚本里用），Python 3.11 上编译失败，所以不装依赖；
+# 它真正导入的 torch、torchvision、numpy、six 都在 requirements.txt 里。
+if ! "$VENV/bin/python" -m pip show --quiet cn_clip >/dev/null 2>&1; then
+    log "pip install --no-deps cn_clip"
+    "$VENV/bin/python" -m pip install --quiet --no-deps "cn_clip>=1.5,<2"
+else
+    log "cn_clip 已安装"
+fi
+
 # ---- 2. 浏览器与系统中文字体（仅在要求时；root + apt） -------------------------------
 if [[ ${WITH_BROWSER:-0} == 1 ]]; then
     missing=()
