@@ -194,3 +194,23 @@ def test_mismatched_files_get_clear_errors(tmp_path, tiny_sd, change, needle):
     torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match=needle):
         clipedu.load_pretrained(str(tmp_path / "x.pt"))
+
+
+def test_grad_checkpointing_and_bf16_autocast_on_bert_tower():
+    torch.manual_seed(0)
+    config = CLIPConfig(embed_dim=32, quick_gelu=True,
+                        vision=VisionConfig(arch="vit", image_size=16, patch_size=8, width=64, layers=1, heads=1),
+                        text=TextConfig(arch="bert", vocab_size=21128, context_length=52, width=64, heads=1, layers=2))
+    model = clipedu.CLIP(config).train()  # dropout 为 0：两次前向逐位可比
+    tokens, images = BertChineseTokenizer()(["一只猫", "草地上的狗"]), torch.randn(2, 3, 16, 16)
+    grads = []
+    for enable in (False, True):
+        model.zero_grad()
+        model.set_grad_checkpointing(enable)
+        img, txt, scale = model(images, tokens)
+        (scale * img @ txt.T).logsumexp(dim=1).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.bert.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        low = model.eval().encode_text(tokens)
+    torch.testing.assert_close(low.float(), model.encode_text(tokens), atol=0.05, rtol=0)
