@@ -24,7 +24,7 @@ from .loss import ClipLoss
 from .optim import build_optimizer, build_scheduler
 from .precision import build_precision, prepare_model
 from .sampler import GlobalBatchSampler
-from .bert_tokenizer import BertChineseTokenizer, tokenizer_from_state_dict
+from .bert_tokenizer import BertChineseTokenizer, tokenizer_from_state_dict  # Chinese-CLIP 的分词器
 from .tokenizer import ChineseTokenizer
 
 
@@ -160,8 +160,9 @@ def build_model(cfg: TrainConfig, resume_ckpt: Optional[dict]):
     seed_everything(cfg.seed)  # 所有进程用同一个种子初始化，参数一开始就一致
     model = CLIP(model_config)
     if state is not None:
-        # 从英文权重初始化时 token_embedding 按中文词表重建，其余键必须齐全且形状一致
-        load_state_dict_checked(model, state, strict="token_embedding.weight" in state or model_config.text.arch == "bert")
+        # 从英文权重初始化时 token_embedding 按中文词表重建，其余键必须齐全且形状一致；Chinese-CLIP 的键必须全部齐全
+        strict = "token_embedding.weight" in state or model_config.text.arch == "bert"
+        load_state_dict_checked(model, state, strict=strict)
     if tokenizer is None and model_config.text.arch == "bert":
         tokenizer = BertChineseTokenizer(context_length=model_config.text.context_length)
     if tokenizer is None:
