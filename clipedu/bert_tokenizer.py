@@ -190,7 +190,7 @@ class BertChineseTokenizer:
             tok = self.vocab[i] if 0 <= i < len(self.vocab) else "[UNK]"
             if tok.startswith("##"):
                 out += tok[2:]
-            elif out and not (is_cjk(tok[0]) or is_cjk(out[-1])):
+            elif out and tok and not (is_cjk(tok[0]) or is_cjk(out[-1])):
                 out += " " + tok
             else:
                 out += tok
