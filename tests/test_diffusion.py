@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from clipedu.diffusion import (
+from clipedu.labs.diffusion import (
     DiffusionConfig, GaussianDiffusion, ToyDenoiser, cfg_combine, make_beta_schedule, toy_data_2d,
     train_diffusion,
 )
-from clipedu.unet import TinyUNet, UNetConfig
+from clipedu.labs.unet import TinyUNet, UNetConfig
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])

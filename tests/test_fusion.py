@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from clipedu.fusion import (
+from clipedu.labs.fusion import (
     FUSION_MODELS, EarlyFusion, FusionConfig, HybridFusion, LateFusion, TextOnlyBaseline, fit_classifier,
     predict, query_cost,
 )
