@@ -1,9 +1,12 @@
-"""零样本分类与图文检索评估（见第 3 章 sec-zero-shot、第 6 章 sec-retrieval）。
+"""零样本分类与图文检索的指标，以及把数据集编码成特征（见第 3 章 sec-zero-shot、第 6 章 sec-retrieval）。
 
-都是纯函数：输入特征，输出指标字典，与 open_clip 的 ``zero_shot_classifier`` 和检索评估一一对应。
+指标都是纯函数：输入特征，输出指标字典，与 open_clip 的 ``zero_shot_classifier`` 和
+检索评估一一对应。在具体数据集上跑评估的“驱动”（shapes、digits、CIFAR、ImageFolder、
+cn-clip、训练中的评估）在 ``eval_tasks.py``，都建在这里的函数之上。
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
@@ -15,8 +18,21 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-@torch.no_grad()
-def zero_shot_classifier(model, tokenizer, classnames: Sequence[str], templates: Sequence[str], device=None) -> torch.Tensor:
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """评估用的上下文：eval 模式（Dropout 关、BatchNorm 用统计量）+ 不记梯度；
+    退出时恢复模型原来的 train/eval 状态。"""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def zero_shot_classifier(model, tokenizer, classnames: Sequence[str], templates: Sequence[str],
+                         device=None) -> torch.Tensor:
     """用文本塔为每个类别生成分类器权重，返回 ``[D, C]``（见第 3 章 sec-zero-shot）。
 
     每个类别把所有模板填好后编码，各自 L2 归一化、取平均，再归一化一次（提示集成）。
@@ -27,14 +43,13 @@ def zero_shot_classifier(model, tokenizer, classnames: Sequence[str], templates:
     if not templates or bad:
         raise ValueError(f"每个模板都要含有占位符 '{{}}'，这些没有：{bad or '（模板列表为空）'}")
     device = device or _model_device(model)
-    was_training = model.training
-    model.eval()
     weights = []
-    for name in classnames:
-        tokens = tokenizer([t.format(name) for t in templates]).to(device)
-        emb = F.normalize(model.encode_text(tokens, normalize=False).float(), dim=-1)  # (T, D)
-        weights.append(F.normalize(emb.mean(dim=0), dim=-1))                           # (D,)
-    model.train(was_training)
+    with eval_mode(model):
+        for name in classnames:
+            tokens = tokenizer([t.format(name) for t in templates]).to(device)
+            emb = model.encode_text(tokens, normalize=False).float()  # (T, D)
+            emb = F.normalize(emb, dim=-1)
+            weights.append(F.normalize(emb.mean(dim=0), dim=-1))      # (D,)
     return torch.stack(weights, dim=1)  # (D, C)
 
 
@@ -116,27 +131,31 @@ def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_i
     return out
 
 
-@torch.no_grad()
 def encode_dataset(model, dataset, batch_size: int = 256, device=None, num_workers: int = 0):
-    """把返回 ``(image, caption, label)`` 的数据集编码成 ``(image_features [N, D], labels [N])``。"""
+    """把返回 ``(image, caption, label)`` 的数据集编码成 ``(image_features [N, D], labels [N])``。
+
+    有 ``get_batch`` 的数据集（ShapesDataset）且 num_workers=0 时走它的批量快速路径。
+    """
     device = device or _model_device(model)
-    was_training = model.training
-    model.eval()
+    if hasattr(dataset, "get_batch") and num_workers == 0:
+        batches = (dataset.get_batch(range(i, min(i + batch_size, len(dataset))))
+                   for i in range(0, len(dataset), batch_size))
+    else:
+        batches = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     feats, labels = [], []
-    for images, _captions, y in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
-        feats.append(model.encode_image(images.to(device)).float().cpu())
-        labels.append(torch.as_tensor(y))
-    model.train(was_training)
+    with eval_mode(model):
+        for images, _captions, y in batches:
+            feats.append(model.encode_image(images.to(device)).float().cpu())
+            labels.append(torch.as_tensor(y))
     return torch.cat(feats), torch.cat(labels)
 
 
-@torch.no_grad()
-def encode_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 256, device=None) -> torch.Tensor:
+def encode_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 256,
+                 device=None) -> torch.Tensor:
     """批量编码文本，返回归一化后的 ``[N, D]``。"""
     device = device or _model_device(model)
-    was_training = model.training
-    model.eval()
-    out = [model.encode_text(tokenizer(list(texts[i:i + batch_size])).to(device)).float().cpu()
-           for i in range(0, len(texts), batch_size)]
-    model.train(was_training)
-    return torch.cat(out)
+    with eval_mode(model):
+        return torch.cat([
+            model.encode_text(tokenizer(list(texts[i:i + batch_size])).to(device)).float().cpu()
+            for i in range(0, len(texts), batch_size)
+        ])

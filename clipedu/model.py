@@ -1,7 +1,7 @@
 """CLIP 模型：两座塔加一个温度，自上而下读完（见第 3 章 sec-step-model、第 5 章 sec-code-model）。
 
 读法与 nanoGPT 相同：先是积木（LayerNorm、QuickGELU、MLP、注意力残差块、Transformer），
-再是两座塔（VisionTransformer、TextTransformer），最后是把它们拼起来的 CLIP。
+再是两座塔（VisionTransformer、TextTransformer），最后是把它们组合起来的 CLIP。
 参数名与 OpenAI CLIP 的 state_dict 完全一致（``visual.conv1``、``transformer.resblocks.0.attn.in_proj_weight``、
 ``ln_final``、``text_projection``、``logit_scale`` …），所以加载真实权重只是按键名复制
 （见 ``clipedu.pretrained``）。张量一律 batch 在前：(B, N, D)。
@@ -161,11 +161,7 @@ class VisionTransformer(nn.Module):
 
 
 class TextTransformer(nn.Module):
-    """因果 Transformer 文本塔，在第一个 [EOS] 处取句向量（见第 3 章 sec-step-model）。
-
-    OpenAI 把文本塔的参数直接放在 CLIP 顶层（``token_embedding``、``transformer.*``、``ln_final`` …），
-    所以 ``CLIP`` 直接继承本类：键名因此与真实权重一致。
-    """
+    """因果 Transformer 文本塔，在第一个 [EOS] 处取句向量（见第 3 章 sec-step-model）。"""
 
     def __init__(self, cfg: TextConfig, embed_dim: int, act: type[nn.Module] = nn.GELU):
         super().__init__()
@@ -173,13 +169,15 @@ class TextTransformer(nn.Module):
         self.eos_token_id = cfg.eos_token_id
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
         self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.width))
-        self.transformer = Transformer(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio, act, causal=True)
+        self.transformer = Transformer(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio, act,
+                                       causal=True)
         self.ln_final = LayerNorm(cfg.width)
         self.text_projection = nn.Parameter(torch.empty(cfg.width, embed_dim))
-        self.init_text_weights()
+        self.init_weights()
 
-    def init_text_weights(self) -> None:
-        """OpenAI initialize_parameters 的文本部分：嵌入 N(0, 0.02)，位置 N(0, 0.01)，投影 N(0, width^-0.5)。"""
+    def init_weights(self) -> None:
+        """OpenAI initialize_parameters 的文本部分：嵌入 N(0, 0.02)，位置 N(0, 0.01)，
+        投影 N(0, width^-0.5)。"""
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
         self.transformer.init_weights()
@@ -187,15 +185,18 @@ class TextTransformer(nn.Module):
 
     def check_tokens(self, tokens: torch.Tensor) -> None:
         if not isinstance(tokens, torch.Tensor):
-            raise TypeError(f"tokens 应为 LongTensor[B, L]，实际为 {type(tokens).__name__}；请先用分词器 tok(texts)")
+            raise TypeError(f"tokens 应为 LongTensor[B, L]，实际为 {type(tokens).__name__}；"
+                            f"请先用分词器 tok(texts)")
         if tokens.dtype not in (torch.long, torch.int32):
-            raise ValueError(f"tokens 的 dtype 应为 torch.long，实际为 {tokens.dtype} / token ids must be integers")
+            raise ValueError(f"tokens 的 dtype 应为 torch.long，实际为 {tokens.dtype} "
+                             f"/ token ids must be integers")
         if tokens.dim() != 2:
             raise ValueError(f"tokens 应为二维 [B, L]，实际形状为 {tuple(tokens.shape)}")
         if tokens.shape[1] > self.context_length:
             raise ValueError(
                 f"文本长度 {tokens.shape[1]} 超过模型上下文长度 {self.context_length}；"
-                f"请用 tok(texts, context_length={self.context_length}) 截断 / tokens longer than context"
+                f"请用 tok(texts, context_length={self.context_length}) 截断 "
+                f"/ tokens longer than context"
             )
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -203,11 +204,15 @@ class TextTransformer(nn.Module):
         B, L = tokens.shape
         x = self.token_embedding(tokens) + self.positional_embedding[:L]  # (B, L, width)
         x = self.ln_final(self.transformer(x))  # (B, L, width)
-        # 第一个 [EOS] 的位置；没有 [EOS] 的行退回最后一个位置（不做数据相关的分支，GPU 上无需同步）
+        # 第一个 [EOS] 的位置；没有 [EOS] 的行退回最后一个位置（不做数据相关的分支，
+        # GPU 上无需同步）
         is_eos = tokens == self.eos_token_id
         eos_pos = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), L - 1)  # (B,)
         x = x[torch.arange(B, device=x.device), eos_pos]  # (B, width)
         return x @ self.text_projection  # (B, embed_dim)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.transformer.grad_checkpointing = enable
 
 
 def build_visual(config: CLIPConfig, act: type[nn.Module]) -> nn.Module:
@@ -221,33 +226,52 @@ def build_visual(config: CLIPConfig, act: type[nn.Module]) -> nn.Module:
     raise ValueError(f"未知图像塔结构 vision.arch={v.arch!r}；应为 'vit' 或 'resnet'")
 
 
-class CLIP(TextTransformer):
-    """CLIP：文本塔（参数在顶层）+ 图像塔 ``visual`` + 可学习温度 ``logit_scale``（见第 3 章 sec-step-model）。
+def build_text(config: CLIPConfig, act: type[nn.Module]) -> nn.Module:
+    """建文本塔。塔的子模块名与参数名就是它们在 CLIP state_dict 里的顶层键名。
 
-    ``forward`` 只返回归一化特征和 exp(logit_scale)，损失在模型外（``clipedu.clip_loss``），
-    这样分布式训练时损失可以先跨进程收集特征。
+    另一种文本塔（例如 Chinese-CLIP 的 BERT：子模块 ``bert``、参数 ``text_projection``）
+    只需一个类（``forward(tokens) -> (B, embed_dim)``、``check_tokens``、
+    ``set_grad_checkpointing``）和这里的一个分支。
+    """
+    return TextTransformer(config.text, config.embed_dim, act)
+
+
+class CLIP(nn.Module):
+    """CLIP：图像塔 ``visual`` + 文本塔 + 可学习的对数逆温度 ``logit_scale``（见第 3 章 sec-step-model）。
+
+    ``forward`` 只返回归一化特征和逆温度 1/τ = exp(logit_scale)，损失在模型外
+    （``clipedu.clip_loss``），这样分布式训练时损失可以先跨进程收集特征。
     """
 
     def __init__(self, config: CLIPConfig):
         if not isinstance(config, CLIPConfig):
-            raise TypeError(f"CLIP 需要 CLIPConfig，实际为 {type(config).__name__}；可用 create_model('tiny-cpu')")
+            raise TypeError(f"CLIP 需要 CLIPConfig，实际为 {type(config).__name__}；"
+                            f"可用 create_model('tiny-cpu')")
+        super().__init__()
         act = QuickGELU if config.quick_gelu else nn.GELU
-        super().__init__(config.text, config.embed_dim, act)
         self.config = config
+        text = build_text(config, act)  # 先建文本塔：随机初始化的顺序与 OpenAI 相同
+        # OpenAI 把文本塔的部件放在 CLIP 顶层（token_embedding、transformer.*、ln_final、
+        # text_projection …），open_clip 也这样做：把塔的子模块与参数按原名挂到顶层，
+        # 键名就与真实权重一致。塔对象本身不注册为子模块（否则每个参数出现两次），
+        # 只留一个引用给 encode_text 调用；它的部件与顶层的是同一批对象。
+        for name, module in text.named_children():
+            self.add_module(name, module)
+        for name, param in text.named_parameters(recurse=False):
+            self.register_parameter(name, param)
+        object.__setattr__(self, "text_tower", text)
         self.visual = build_visual(config, act)
         self.visual.init_weights()
+        # ln(1/τ)：学对数，1/τ = exp(logit_scale) 永远为正
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
         self.image_size = config.vision.image_size
         self.channels_last = False
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.token_embedding.weight.dtype
-
     def check_images(self, images: torch.Tensor) -> None:
         want = (3, self.image_size, self.image_size)
         if not isinstance(images, torch.Tensor):
-            raise TypeError(f"images 应为 FloatTensor[B, 3, H, W]，实际为 {type(images).__name__}；请先做 transform")
+            raise TypeError(f"images 应为 FloatTensor[B, 3, H, W]，实际为 "
+                            f"{type(images).__name__}；请先做 transform")
         if images.dim() != 4 or tuple(images.shape[1:]) != want:
             got = tuple(images.shape[1:]) if images.dim() == 4 else tuple(images.shape)
             raise ValueError(
@@ -271,23 +295,24 @@ class CLIP(TextTransformer):
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """词元 [B, L] → 特征 [B, embed_dim]；normalize=True 时做 L2 归一化。"""
-        x = TextTransformer.forward(self, tokens)
+        x = self.text_tower(tokens)
         return F.normalize(x, dim=-1) if normalize else x
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor):
-        """返回 (image_features, text_features, logit_scale.exp())，特征已 L2 归一化。"""
+        """返回 ``(image_features, text_features, inv_temperature)``：特征已 L2 归一化，
+        ``inv_temperature`` 是逆温度 1/τ = exp(logit_scale)。"""
         image_features = self.encode_image(images, normalize=True)
         text_features = self.encode_text(tokens, normalize=True)
         return image_features, text_features, self.logit_scale.exp()
 
     @torch.no_grad()
     def clamp_logit_scale(self) -> None:
-        """把 logit_scale 截断到 [0, max_logit_scale]（温度 τ ≥ 1/100）；每次优化器 step 后调用。"""
+        """把 ln(1/τ) 截断到 [0, max_logit_scale]，即 1 ≤ 1/τ ≤ 100；每次优化器 step 后调用。"""
         self.logit_scale.clamp_(0, self.config.max_logit_scale)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """两座塔都用激活重算：显存约降到 O(layers) 个块输入，代价是多一次前向。"""
-        self.transformer.grad_checkpointing = enable
+        self.text_tower.set_grad_checkpointing(enable)
         self.visual.set_grad_checkpointing(enable)
 
     def to_channels_last(self) -> "CLIP":
@@ -309,4 +334,5 @@ def create_model(name_or_config: str | CLIPConfig) -> CLIP:
 __all__ = [
     "LayerNorm", "QuickGELU", "MLP", "Attention", "ResidualAttentionBlock", "Transformer",
     "VisionTransformer", "TextTransformer", "CLIP", "create_model", "build_visual",
+    "build_text",
 ]

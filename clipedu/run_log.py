@@ -1,4 +1,4 @@
-"""训练日志：log.jsonl（每步一行）、metrics.json（最终汇总）与可选的 TensorBoard（见第 5 章 sec-code-logging）。
+"""训练日志：log.jsonl（每步一行）、metrics.json（汇总）与可选的 TensorBoard（见第 5 章 sec-code-logging）。
 
 只有 0 号进程写文件；其余进程拿到一个 ``enabled=False`` 的记录器，所有方法都不做事。
 """
@@ -21,16 +21,23 @@ def _json_safe(value):
 
 
 def read_log(path: str | os.PathLike) -> list[dict]:
-    """读回 log.jsonl；被 SIGKILL 截断的最后半行会被忽略。"""
+    """读回 log.jsonl；被 SIGKILL 截断的最后半行会被忽略。
+
+    逆温度 1/τ 的键是 ``inv_temperature``；旧版日志把它记成 ``logit_scale``（同样是 1/τ），
+    读回时补上新键，旧日志照样能画图。
+    """
     records = []
     p = Path(path)
     if not p.is_file():
         return records
     for line in p.read_text(encoding="utf-8").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             break  # 进程被杀时写了一半的行
+        if "logit_scale" in record and "inv_temperature" not in record:
+            record["inv_temperature"] = record["logit_scale"]
+        records.append(record)
     return records
 
 
