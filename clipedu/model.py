@@ -265,6 +265,8 @@ class CLIP(nn.Module):
         # ln(1/τ)：学对数，1/τ = exp(logit_scale) 永远为正
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
         self.image_size = config.vision.image_size
+        self.context_length = config.text.context_length
+        self.eos_token_id = config.text.eos_token_id
         self.channels_last = False
 
     def check_images(self, images: torch.Tensor) -> None:
