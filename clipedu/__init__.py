@@ -27,8 +27,8 @@ _EXPORTS = {
     "evaluate_retrieval": "eval_tasks",
     "TEMPLATES": "prompts", "SIMPLE_TEMPLATE": "prompts",
     # 训练与检查点（函数 train 在模块 trainer 里：包属性 clipedu.train 就是这个函数）
-    "train": "trainer", "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
-    "load_model": "checkpoint",
+    "train": "trainer", "save_checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint", "load_model": "checkpoint",
     # 预训练权重
     "load_pretrained": "pretrained", "english_tokenizer": "pretrained",
     # 笔记本与随机种子

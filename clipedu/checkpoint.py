@@ -1,4 +1,4 @@
-"""检查点：内容、原子写入、安全读取、轮换、找最新与续训恢复（见第 5 章 sec-code-checkpoint）。
+"""检查点：内容、原子写入、安全读取、轮换、找最新与续训（第 5 章 sec-code-checkpoint）。
 
 训练检查点是一个只含张量与纯 Python 数据的字典::
 
@@ -62,7 +62,8 @@ def save_training_checkpoint(state, final: bool) -> None:
     obj = training_checkpoint(state)
     if state.rank == 0:
         out = Path(state.cfg.out_dir)
-        save_checkpoint(obj, out / ("last.pt" if final else f"ckpt_step{state.step}.pt"))
+        name = "last.pt" if final else f"ckpt_step{state.step}.pt"
+        save_checkpoint(obj, out / name)
         if not final:
             rotate_checkpoints(out, state.cfg.keep_last)
 
@@ -107,7 +108,8 @@ def load_resume_checkpoint(resume: Optional[str], out_dir) -> Optional[dict]:
 
 # ---------------------------------------------------------------- 写入
 def _fsync_dir(directory: Path) -> None:
-    """rename 之后目录项也要落盘，否则断电后可能“文件回到旧版本”。Windows 上没有目录 fsync。"""
+    """rename 之后目录项也要落盘，否则断电后可能“文件回到旧版本”。
+    Windows 上没有目录 fsync。"""
     if os.name == "nt":
         return
     fd = os.open(directory, os.O_RDONLY)
@@ -146,7 +148,7 @@ def _step_checkpoints(out_dir) -> list[tuple[int, Path]]:
 
 
 def rotate_checkpoints(out_dir: str | os.PathLike, keep_last: int) -> list[Path]:
-    """只保留最近 keep_last 个 ``ckpt_step{N}.pt``（last.pt 不动），返回被删除的文件。"""
+    """只保留最近 keep_last 个 ``ckpt_step{N}.pt``（last.pt 不动），返回删掉的文件。"""
     if keep_last <= 0:
         return []
     removed = [p for _, p in _step_checkpoints(out_dir)[:-keep_last]]
@@ -174,38 +176,44 @@ def find_latest(out_dir: str | os.PathLike) -> Optional[Path]:
 
 # ---------------------------------------------------------------- 读取
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """安全读取检查点（``weights_only=True``）；缺失、截断、损坏或含 pickle 代码都给出清楚的错误。"""
+    """安全读取检查点（``weights_only=True``）。
+
+    缺失、截断、损坏或含 pickle 代码的文件都给出清楚的中文错误，代码不会执行。
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"找不到检查点文件：{path}；请检查路径，或用 --resume latest "
-                                f"/ checkpoint not found")
+        raise FileNotFoundError(f"找不到检查点文件：{path}；请检查路径，或用 "
+                                f"--resume latest / checkpoint not found")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):  # 乱码文件也会抛（invalid load key）
-            raise ValueError(f"检查点 {path} 已损坏或不是 PyTorch 文件（{str(e)[:120]}）"
-                             f"/ corrupt checkpoint") from None
+        if "Weights only load failed" not in str(e):  # 乱码文件：invalid load key
+            raise ValueError(f"检查点 {path} 已损坏或不是 PyTorch 文件"
+                             f"（{str(e)[:120]}）/ corrupt checkpoint") from None
         # weights_only 模式拒绝任何非白名单的全局对象：这正是恶意 __reduce__ 载荷的样子
         raise ValueError(
-            f"拒绝加载 {path}：文件里含有张量与基本类型之外的 Python 对象（可能是恶意 pickle"
-            f" 载荷），weights_only=True 不允许执行它。只加载你信任来源的检查点。"
+            f"拒绝加载 {path}：文件里含有张量与基本类型之外的 Python 对象（可能是"
+            f"恶意 pickle 载荷），weights_only=True 不允许执行它。只加载你信任来源的"
+            f"检查点。"
             f"/ refused unsafe checkpoint: {e}"
         ) from None
-    except Exception as e:  # noqa: BLE001  截断/乱码文件会从 zip、pickle 各层抛出各种异常
+    except Exception as e:  # noqa: BLE001  截断/乱码文件会从 zip、pickle 各层抛出异常
         raise ValueError(
             f"检查点 {path} 已损坏或被截断（{type(e).__name__}: {str(e)[:120]}）；"
             f"请改用上一个检查点（ckpt_step*.pt）/ corrupt or truncated checkpoint"
         ) from None
     if not isinstance(obj, dict):
-        raise ValueError(f"{path} 不是 clipedu 检查点：顶层应为 dict，实际为 {type(obj).__name__}")
+        raise ValueError(f"{path} 不是 clipedu 检查点：顶层应为 dict，"
+                         f"实际为 {type(obj).__name__}")
     return obj
 
 
 def _require_clipedu(ckpt: dict, path) -> None:
     if ckpt.get("format") != FORMAT or "model" not in ckpt or "config" not in ckpt:
         raise ValueError(
-            f"{path} 不是 clipedu 训练检查点（缺少 format/model/config 字段，实际字段为 "
-            f"{sorted(ckpt)[:8]}）；OpenAI/open_clip 权重请用 clipedu.load_pretrained"
+            f"{path} 不是 clipedu 训练检查点（缺少 format/model/config 字段，"
+            f"实际字段为 {sorted(ckpt)[:8]}）；OpenAI/open_clip 权重请用 "
+            f"clipedu.load_pretrained"
         )
 
 
@@ -213,8 +221,9 @@ def _listed(items: list[str], sep: str = ", ") -> str:
     return sep.join(items[:10]) + (" …" if len(items) > 10 else "")
 
 
-def load_state_dict_checked(model: torch.nn.Module, state: dict, strict: bool = True) -> None:
-    """把 state 载入模型；键或形状不一致时列出具体的键与形状，而不是 PyTorch 的长串报错。"""
+def load_state_dict_checked(model: torch.nn.Module, state: dict,
+                            strict: bool = True) -> None:
+    """把 state 载入模型；键或形状不一致时列出具体的键与形状（而不是一长串报错）。"""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -277,7 +286,8 @@ def set_rng_state(state: dict) -> None:
     v, internal, gauss = state["python"]
     random.setstate((v, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    keys = np.asarray(keys, dtype=np.uint32)
+    np.random.set_state((name, keys, pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -35,7 +35,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _launch_env() -> tuple[int, int, int]:
-    """读 torchrun 设置的环境变量，返回 (rank, local_rank, world_size)；不自洽时报错。"""
+    """读 torchrun 的环境变量，返回 (rank, local_rank, world_size)；不自洽时报错。"""
     world = os.environ.get("WORLD_SIZE", "1")
     if not world.isdigit() or int(world) < 1:
         raise ValueError(f"环境变量 WORLD_SIZE 应为正整数，实际为 {world!r}")
@@ -45,8 +45,8 @@ def _launch_env() -> tuple[int, int, int]:
     missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
                if k not in os.environ]
     if missing:
-        raise ValueError(f"WORLD_SIZE={world}，但缺少环境变量 {missing}；多进程训练请用 "
-                         f"torchrun 启动 / inconsistent distributed environment")
+        raise ValueError(f"WORLD_SIZE={world}，但缺少环境变量 {missing}；多进程训练"
+                         f"请用 torchrun 启动 / inconsistent distributed environment")
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     if not 0 <= rank < world_size:
         raise ValueError(f"RANK={rank} 不在 [0, WORLD_SIZE={world}) 内；"
@@ -67,14 +67,16 @@ def init_distributed(device_name: str) -> tuple[torch.device, int, int]:
     if device.type == "cuda":
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         if local > torch.cuda.device_count():
-            raise ValueError(f"每台机器起了 {local} 个进程，但只有 {torch.cuda.device_count()} "
-                             f"块 GPU；请把 --nproc_per_node 设为不超过 GPU 数")
+            n_gpu = torch.cuda.device_count()
+            raise ValueError(f"每台机器起了 {local} 个进程，但只有 {n_gpu} 块 GPU；"
+                             f"请把 --nproc_per_node 设为不超过 GPU 数")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not is_dist():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if dist.get_world_size() != world_size:
-        raise RuntimeError(f"进程组大小 {dist.get_world_size()} 与 WORLD_SIZE={world_size} 不一致")
+        raise RuntimeError(f"进程组大小 {dist.get_world_size()} 与 "
+                           f"WORLD_SIZE={world_size} 不一致")
     return device, rank, world_size
 
 

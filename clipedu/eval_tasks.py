@@ -1,4 +1,4 @@
-"""评估驱动：在具体数据集上调用 ``evaluate.py`` 的指标函数（见第 3 章 sec-zero-shot、第 6 章）。
+"""评估驱动：在具体数据集上调用 ``evaluate.py`` 的指标函数（第 3 章 sec-zero-shot）。
 
 全书所有评估都从这里走：
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from .evaluate import encode_dataset, encode_texts, retrieval_metrics, zero_shot_accuracy
-from .evaluate import eval_mode, zero_shot_classifier
+from .evaluate import (encode_dataset, encode_texts, eval_mode, retrieval_metrics,
+                       zero_shot_accuracy, zero_shot_classifier)
 from .prompts import TEMPLATES
 
 
@@ -37,8 +37,9 @@ def evaluate_classification(model, tokenizer, dataset, classnames: Sequence[str]
     return {f"zero_shot_{k}": v for k, v in metrics.items()}  # 含样本数 zero_shot_n
 
 
-def evaluate_shapes(model, tokenizer, image_size: Optional[int] = None, size: int = 1000,
-                    seed: int = 0, templates: Optional[Sequence[str]] = None, device=None,
+def evaluate_shapes(model, tokenizer, image_size: Optional[int] = None,
+                    size: int = 1000, seed: int = 0,
+                    templates: Optional[Sequence[str]] = None, device=None,
                     batch_size: int = 256, max_objects: int = 1) -> dict:
     """在 shapes 的 heldout/test 划分上评估，返回扁平的指标字典（[0,1] 小数或名次）。"""
     from .data import ShapesDataset
@@ -50,11 +51,13 @@ def evaluate_shapes(model, tokenizer, image_size: Optional[int] = None, size: in
               for name in ("heldout", "test")}
     out = {}
     with eval_mode(model):
-        classifier = zero_shot_classifier(model, tokenizer, splits["heldout"].classnames,
-                                          templates, device=device).cpu()
+        classnames = splits["heldout"].classnames  # 全部 36 个（颜色, 形状）类别
+        classifier = zero_shot_classifier(model, tokenizer, classnames, templates,
+                                          device=device).cpu()
         for name, ds in splits.items():
             feats, labels = encode_dataset(model, ds, batch_size, device)
-            out.update(_prefixed(zero_shot_accuracy(feats, labels, classifier), f"_{name}"))
+            metrics = zero_shot_accuracy(feats, labels, classifier)
+            out.update(_prefixed(metrics, f"_{name}"))
         test = splits["test"]
         captions = [test.caption(i) for i in range(len(test))]
         text_feats = encode_texts(model, tokenizer, captions, batch_size, device)
@@ -63,9 +66,11 @@ def evaluate_shapes(model, tokenizer, image_size: Optional[int] = None, size: in
     return out
 
 
-def evaluate_retrieval(model, tokenizer, rs, batch_size: int = 256, device=None) -> dict:
-    """在 RetrievalSet 上算图文检索指标（i2t/t2i 的 R@1/5/10 与名次），附上坏样本统计。"""
-    image_emb, _ = encode_dataset(model, rs.images, batch_size=batch_size, device=device)
+def evaluate_retrieval(model, tokenizer, rs, batch_size: int = 256,
+                       device=None) -> dict:
+    """RetrievalSet 上的图文检索指标（i2t/t2i 的 R@1/5/10 与名次），附坏样本统计。"""
+    image_emb, _ = encode_dataset(model, rs.images, batch_size=batch_size,
+                                  device=device)
     text_emb = encode_texts(model, tokenizer, rs.captions, batch_size=batch_size,
                             device=device)
     metrics = retrieval_metrics(image_emb, text_emb, rs.text_to_image)
@@ -81,14 +86,17 @@ def evaluate_during_training(model, tokenizer, cfg) -> dict:
                                max_objects=cfg.max_objects)
     if cfg.dataset == "digits":
         from .data import DigitsDataset
-        ds = DigitsDataset("test", image_size=model.config.vision.image_size, seed=cfg.seed)
+        ds = DigitsDataset("test", image_size=model.config.vision.image_size,
+                           seed=cfg.seed)
         return evaluate_classification(model, tokenizer, ds, ds.classnames, TEMPLATES)
     return {}
 
 
 def evaluate_checkpoint(path: str, dataset: str = "shapes", root: Optional[str] = None,
-                        eval_size: int = 1000, seed: int = 0, device: str = "auto") -> dict:
-    """``python -m clipedu eval``：载入检查点，在 shapes 或 ``build_eval_dataset`` 的数据集上评估。"""
+                        eval_size: int = 1000, seed: int = 0,
+                        device: str = "auto") -> dict:
+    """``python -m clipedu eval``：载入检查点，在 shapes 或 build_eval_dataset 的
+    数据集上评估。"""
     from .checkpoint import load_model
     from .data.eval_sets import build_eval_dataset
     from .distributed import resolve_device
@@ -102,7 +110,8 @@ def evaluate_checkpoint(path: str, dataset: str = "shapes", root: Optional[str] 
         if classnames is None:  # 图文检索集（如 cn-clip）没有类别
             metrics = evaluate_retrieval(model, tokenizer, ds)
         else:
-            metrics = evaluate_classification(model, tokenizer, ds, classnames, templates)
+            metrics = evaluate_classification(model, tokenizer, ds, classnames,
+                                              templates)
     return {"checkpoint": str(path), "dataset": dataset, **metrics}
 
 

@@ -33,10 +33,12 @@ def _inv_temperature(inv_temperature, logit_scale):
     """新名字 ``inv_temperature`` 与旧关键字 ``logit_scale=``（同样是 1/τ）二选一。"""
     if logit_scale is not None:
         if inv_temperature is not None:
-            raise TypeError("inv_temperature 与旧名 logit_scale 只能给一个（两者都是 1/τ）")
+            raise TypeError("inv_temperature 与旧名 logit_scale 只能给一个"
+                            "（两者都是 1/τ）")
         return logit_scale
     if inv_temperature is None:
-        raise TypeError("缺少参数 inv_temperature（逆温度 1/τ，即 CLIP.forward 的第三个输出）")
+        raise TypeError("缺少参数 inv_temperature（逆温度 1/τ，即 CLIP.forward 的"
+                        "第三个输出）")
     return inv_temperature
 
 
@@ -98,16 +100,18 @@ class ClipLoss(nn.Module):
         all_image = all_gather_features(image_features, self.gather_with_grad)
         all_text = all_gather_features(text_features, self.gather_with_grad)
         if not self.local_loss:
-            # 每个进程都算整批损失；gather_with_grad=True 时，可求导的 all_gather 在反向时
-            # 把各进程的梯度求和送回特征的主人，DDP 平均后仍等于单进程整批的梯度
+            # 每个进程都算整批损失；gather_with_grad=True 时，可求导的 all_gather
+            # 在反向时把各进程的梯度求和送回特征的主人，DDP 平均后仍等于整批梯度
             return clip_loss(all_image, all_text, inv_temperature)
 
         B_local = image_features.shape[0]
         logits_per_image = inv_temperature * image_features @ all_text.T  # (B_local, B)
         logits_per_text = inv_temperature * text_features @ all_image.T   # (B_local, B)
-        # 本进程第 k 个样本在全局批里是第 rank * B_local + k 个，它的正样本就在那一列，
-        # 所以标签要整体平移 rank * B_local；不平移的话每个进程都会把前 B_local 列当成正样本。
+        # 本进程第 k 个样本在全局批里是第 rank * B_local + k 个，它的正样本就在
+        # 那一列，所以标签要整体平移 rank * B_local；不平移的话每个进程都会把
+        # 前 B_local 列当成正样本。
         labels = torch.arange(B_local, device=image_features.device) + rank * B_local
-        # 各进程的局部损失取平均，正好等于整批的对称损失（每行/每列恰好被一个进程算一次）。
+        # 各进程的局部损失取平均，正好等于整批的对称损失（每行/每列恰好被一个
+        # 进程算一次）。
         return (F.cross_entropy(logits_per_image, labels)
                 + F.cross_entropy(logits_per_text, labels)) / 2

@@ -223,11 +223,11 @@ def english_tokenizer(context_length: int = 77):
 def load_init_weights(path: str) -> tuple[CLIPConfig, dict, ChineseTokenizer]:
     """``--init-from``：返回 (模型配置, 权重, 分词器)（见第 9 章 faq-finetune）。
 
-    clipedu 检查点原样载入；OpenAI/open_clip 权重（.safetensors、state dict、TorchScript）
-    由 ``read_state_dict`` 读出。英文权重的词表（49408 个 BPE 词元）与 ChineseTokenizer
-    不同，所以像 Chinese-CLIP 那样：保留形状相符的全部权重（整个图像塔与文本
-    Transformer），换成中文词表，只有 ``token_embedding`` 按新词表重新初始化。
-    常与 ``--lock-image`` 一起用。
+    clipedu 检查点原样载入；OpenAI/open_clip 权重（.safetensors、state dict、
+    TorchScript）由 ``read_state_dict`` 读出。英文权重的词表（49408 个 BPE 词元）
+    与 ChineseTokenizer 不同，所以像 Chinese-CLIP 那样：保留形状相符的全部权重
+    （整个图像塔与文本 Transformer），换成中文词表，只有 ``token_embedding`` 按新
+    词表重新初始化。常与 ``--lock-image`` 一起用。
     """
     path = str(path)
     if not (path.endswith(".safetensors") or is_torchscript(path)):
@@ -246,12 +246,16 @@ def load_init_weights(path: str) -> tuple[CLIPConfig, dict, ChineseTokenizer]:
               f"其余权重照搬", flush=True)
     with torch.device("meta"):
         own = set(CLIP(config).state_dict())
-    state = {k: v.float() if v.is_floating_point() else v for k, v in sd.items() if k in own}
+    state = {k: v.float() if v.is_floating_point() else v
+             for k, v in sd.items() if k in own}
     return config, state, tokenizer
 
 
 def init_model_from(path: str) -> tuple[CLIP, ChineseTokenizer]:
-    """按 ``load_init_weights`` 的结果建好 CLIP 并载入权重（随机初始化只补 token_embedding）。"""
+    """按 load_init_weights 建好 CLIP 并载入权重。
+
+    从英文权重来时只有 token_embedding 保持随机初始化。
+    """
     config, state, tokenizer = load_init_weights(path)
     model = CLIP(config)
     # 从英文权重初始化时 token_embedding 按中文词表重建，其余键必须齐全且形状一致

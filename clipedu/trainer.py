@@ -1,4 +1,4 @@
-"""训练：``train(cfg) -> history``，笔记本、测试与命令行共用的唯一入口（见第 5 章 sec-code-train）。
+"""训练 ``train(cfg) -> history``：笔记本、测试、命令行共用（第 5 章 sec-code-train）。
 
 像 nanoGPT 的 ``train.py`` 一样，从上往下读完就是一次训练：
 
@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from .checkpoint import (load_resume_checkpoint, restore_training_state,
                          save_training_checkpoint)
 from .config import CLIPConfig, TrainConfig
-from .distributed import all_reduce_mean, barrier, broadcast_flag, init_distributed, is_dist
+from .distributed import (all_reduce_mean, barrier, broadcast_flag, init_distributed,
+                          is_dist)
 from .loss import ClipLoss
 from .optim import build_optimizer, build_scheduler
 from .precision import Precision, build_precision, prepare_model
@@ -39,7 +40,7 @@ from .tokenizer import ChineseTokenizer
 
 @dataclass
 class TrainState:
-    """训练循环的全部可变状态；检查点保存的就是它（见 ``checkpoint.training_checkpoint``）。"""
+    """训练循环的全部可变状态；检查点存的就是它（checkpoint.training_checkpoint）。"""
 
     cfg: TrainConfig
     device: torch.device
@@ -70,7 +71,8 @@ def train(cfg: TrainConfig, train_dataset=None) -> list[dict]:
         raise TypeError(f"train 需要 TrainConfig，实际为 {type(cfg).__name__}")
     owns_group = not is_dist()  # 进程组由这里创建的，结束时也由这里销毁
     state, dataset, resumed = build_state(cfg, train_dataset)
-    logger = RunLogger(cfg.out_dir, enabled=state.rank == 0, tensorboard=cfg.tensorboard,
+    logger = RunLogger(cfg.out_dir, enabled=state.rank == 0,
+                       tensorboard=cfg.tensorboard,
                        resume_step=state.step if resumed else None)
     try:
         return _loop(state, dataset, logger)
@@ -97,14 +99,15 @@ def _loop(state: TrainState, dataset, logger: RunLogger) -> list[dict]:
         train_time += dt
         record["pairs_per_s"] = cfg.batch_size / dt
         record["time_s"] = time.perf_counter() - t_start
-        if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < cfg.steps:
+        not_last = state.step < cfg.steps  # 最后一步之后的评估与保存在循环外做
+        if cfg.eval_every and state.step % cfg.eval_every == 0 and not_last:
             t1 = time.perf_counter()
             record.update(_evaluate(state))
             eval_time += time.perf_counter() - t1
         history.append(record)
         if state.step % cfg.log_every == 0 or state.step == cfg.steps:
             logger.log(record)  # 先记日志再存检查点：被杀时日志不会比检查点少
-        if cfg.save_every and state.step % cfg.save_every == 0 and state.step < cfg.steps:
+        if cfg.save_every and state.step % cfg.save_every == 0 and not_last:
             save_training_checkpoint(state, final=False)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
@@ -139,13 +142,14 @@ def _loop(state: TrainState, dataset, logger: RunLogger) -> list[dict]:
 
 
 def train_one_step(state: TrainState, batch, dataset) -> dict:
-    """一个优化器步：前向/反传（含累积）→ 检查损失 → optimizer.step() → 截断 1/τ → 日程。"""
+    """一个优化器步：前向/反传 → 检查损失 → optimizer.step() → 截断 1/τ → 日程。"""
     cfg = state.cfg
     images, captions = batch[0], list(batch[1])
     state.bad.update(batch)
     state.bad.check()  # 坏样本比例超限就停，不在垃圾数据上训练
     images = images.to(state.device, non_blocking=True)
-    tokens = state.tokenizer(captions, context_length=state.model_config.text.context_length)
+    context_length = state.model_config.text.context_length
+    tokens = state.tokenizer(captions, context_length=context_length)
     if not cfg.compile:
         # 截掉全是 [PAD] 的尾部列：结果不变，文本塔快 2–3 倍（编译时保持静态形状）
         tokens = state.tokenizer.trim_padding(tokens)
@@ -159,9 +163,10 @@ def train_one_step(state: TrainState, batch, dataset) -> dict:
     loss_value = all_reduce_mean(loss.float()).item()  # local_loss 时各进程不同，取平均
     if not math.isfinite(loss_value):
         raise FloatingPointError(
-            f"第 {state.step + 1} 步的损失为 {loss_value}，训练已停止，参数未被这一步更新；"
-            f"{cfg.out_dir} 里最近一次正常保存的检查点保持不变。可降低 --lr、改用 "
-            f"--precision fp32 或 amp_bf16、设置 grad_clip 后用 --resume latest 继续 "
+            f"第 {state.step + 1} 步的损失为 {loss_value}，训练已停止，参数未被这一步"
+            f"更新；{cfg.out_dir} 里最近一次正常保存的检查点保持不变。可降低 --lr、"
+            f"改用 --precision fp32 或 amp_bf16、设置 grad_clip 后用 --resume latest "
+            f"继续 "
             f"/ loss is not finite"
         )
     scaler = state.precision.scaler  # 只有 amp_fp16 有：梯度是放大过的
@@ -200,7 +205,8 @@ def forward_backward(model: torch.nn.Module, loss_fn: Callable, images: torch.Te
             loss = loss_fn(image_features, text_features, inv_temperature)
         precision.scale(loss).backward()
         return loss.detach()
-    return contrastive_accumulation(model, loss_fn, images, tokens, precision, accum_steps)
+    return contrastive_accumulation(model, loss_fn, images, tokens, precision,
+                                    accum_steps)
 
 
 def contrastive_accumulation(model, loss_fn, images, tokens, precision: Precision,
@@ -277,7 +283,7 @@ def check_batch_layout(cfg: TrainConfig, world_size: int) -> None:
 
 
 def build_model(cfg: TrainConfig, resume_ckpt: dict | None):
-    """建模型与分词器：续训时用检查点里的配置，--init-from 时载入权重，否则随机初始化。"""
+    """建模型与分词器：续训用检查点里的配置，--init-from 载入权重，否则随机初始化。"""
     from .model import CLIP
     from .pretrained import init_model_from
 
@@ -300,7 +306,7 @@ def build_model(cfg: TrainConfig, resume_ckpt: dict | None):
 
 def wrap_model(raw: torch.nn.Module, cfg: TrainConfig, device: torch.device,
                world_size: int) -> torch.nn.Module:
-    """DDP 与 torch.compile 包装；raw 保持不变，保存它，键名不带 module./_orig_mod. 前缀。"""
+    """DDP 与 torch.compile 包装；raw 不变，保存它（键名不带 module./_orig_mod.）。"""
     model = raw
     if world_size > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -331,10 +337,13 @@ def build_state(cfg: TrainConfig, train_dataset=None) -> tuple[TrainState, Any, 
     if train_dataset is None:
         train_dataset = build_train_dataset(cfg, raw.config.vision.image_size)
     state = TrainState(
-        cfg=cfg, device=device, rank=rank, world_size=world_size, model_config=raw.config,
-        raw_model=raw, model=wrap_model(raw, cfg, device, world_size), tokenizer=tokenizer,
-        optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg), precision=precision,
-        loss_fn=ClipLoss(local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad),
+        cfg=cfg, device=device, rank=rank, world_size=world_size,
+        model_config=raw.config, raw_model=raw,
+        model=wrap_model(raw, cfg, device, world_size), tokenizer=tokenizer,
+        optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg),
+        precision=precision,
+        loss_fn=ClipLoss(local_loss=cfg.local_loss,
+                         gather_with_grad=cfg.gather_with_grad),
         bad=BadSampleCounter.for_dataset(train_dataset, cfg.max_bad_fraction),
     )
     seed_everything(rank_seed(cfg.seed, rank))
