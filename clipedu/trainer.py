@@ -113,11 +113,11 @@ def _loop(state: TrainState, dataset, logger: RunLogger) -> list[dict]:
         bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
                         inv_t=f"{record['inv_temperature']:.1f}",
                         pairs_s=f"{record['pairs_per_s']:.0f}")
-        out_of_time = (cfg.time_budget is not None
-                       and time.perf_counter() - t_start >= cfg.time_budget)
-        if broadcast_flag(out_of_time, state.device):  # 0 号进程说了算，大家同一步停
-            stopped_by = "time_budget"
-            break
+        if cfg.time_budget is not None:  # 0 号进程说了算，所有进程在同一步停下
+            out_of_time = time.perf_counter() - t_start >= cfg.time_budget
+            if broadcast_flag(out_of_time, state.device):
+                stopped_by = "time_budget"
+                break
     bar.close()
     t1 = time.perf_counter()
     final_eval = _evaluate(state)
@@ -166,8 +166,7 @@ def train_one_step(state: TrainState, batch, dataset) -> dict:
             f"第 {state.step + 1} 步的损失为 {loss_value}，训练已停止，参数未被这一步"
             f"更新；{cfg.out_dir} 里最近一次正常保存的检查点保持不变。可降低 --lr、"
             f"改用 --precision fp32 或 amp_bf16、设置 grad_clip 后用 --resume latest "
-            f"继续 "
-            f"/ loss is not finite"
+            f"继续 / loss is not finite"
         )
     scaler = state.precision.scaler  # 只有 amp_fp16 有：梯度是放大过的
     if cfg.grad_clip:
@@ -241,16 +240,18 @@ def contrastive_accumulation(model, loss_fn, images, tokens, precision: Precisio
         # DDP：只在最后一个微批同步梯度，前面的只在本地累加
         last = j == accum_steps - 1
         sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
-        with sync, precision.autocast():
-            img_j, txt_j, inv_temperature = model(image_chunks[j], token_chunks[j])
-            all_img = torch.cat(cached_img[:j] + [img_j] + cached_img[j + 1:])  # (B, D)
-            all_txt = torch.cat(cached_txt[:j] + [txt_j] + cached_txt[j + 1:])  # (B, D)
-            # 1/τ 每个微批都会重算；只让它在最后一个微批收到梯度，否则它的梯度
-            # 被累加 K 次（open_clip accum_freq 的这个细节与整批不等价）
-            if not last:
-                inv_temperature = inv_temperature.detach()
-            loss = loss_fn(all_img, all_txt, inv_temperature)
-        precision.scale(loss).backward()
+        with sync:  # 反传也要在 no_sync 里
+            with precision.autocast():
+                img_j, txt_j, inv_temperature = model(image_chunks[j], token_chunks[j])
+                # 第 j 块换成带梯度的新特征，其余是缓存：各 (B, D)
+                all_img = torch.cat(cached_img[:j] + [img_j] + cached_img[j + 1:])
+                all_txt = torch.cat(cached_txt[:j] + [txt_j] + cached_txt[j + 1:])
+                # 1/τ 每个微批都会重算；只让它在最后一个微批收到梯度，否则它的梯度
+                # 被累加 K 次（open_clip accum_freq 的这个细节与整批不等价）
+                if not last:
+                    inv_temperature = inv_temperature.detach()
+                loss = loss_fn(all_img, all_txt, inv_temperature)
+            precision.scale(loss).backward()
     return loss.detach()
 
 
