@@ -213,3 +213,22 @@ def test_check_fresh_detects_stale_notebook(tmp_path):
     (tmp_path / "notebooks" / src.name).write_text(json.dumps(nb, ensure_ascii=False), encoding="utf-8")
     with pytest.raises(student_edition.StudentEditionError, match="stale"):
         student_edition.check_fresh(tmp_path, repo)
+
+
+def test_checkers_name_their_exercise():
+    """clipedu.exercises 的每个检查器都在文档字符串里写明它对应的练习标签，且这个标签在书里存在。
+
+    用 ast 读源文件而不导入 clipedu（导入 torch 要好几秒）。
+    """
+    import ast
+
+    labels = {p.values[2] for p in EXERCISES}
+    checkers = 0
+    for path in sorted((ROOT / "clipedu" / "exercises").glob("ch*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("check_"):
+                checkers += 1
+                named = re.findall(r"``(ex-ch\d\d-[a-z0-9-]+)``", ast.get_docstring(node) or "")
+                assert named and set(named) <= labels, \
+                    f"{path.name}:{node.name} 的文档字符串应写明书中存在的练习标签，实际为 {named}"
+    assert checkers >= 10
