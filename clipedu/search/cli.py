@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def add_parsers(sub) -> None:
@@ -34,6 +35,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--index", required=True, help="clipedu index 建好的索引目录")
     p.add_argument("--checkpoint", required=True, help="建索引用的检查点；--backend onnx 时是它的 ONNX 导出目录")
     p.add_argument("--backend", default="torch", help="torch | onnx（onnx 查询时不需要 torch）")
+    p.add_argument("--images", default=None, help="图片文件夹搬了家时给出新位置（默认用建索引时记下的路径）")
     p.add_argument("--host", default="127.0.0.1", help="监听地址；0.0.0.0 会对局域网开放（会给出警告）")
     p.add_argument("--port", type=int, default=8000, help="端口")
     p.add_argument("--threads", type=int, default=None, help="编码线程数")
@@ -69,6 +71,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .index import load_index
 
     index = load_index(args.index)  # 先核对索引：损坏就在载入模型之前停下
+    if args.images is not None:
+        index.root = Path(args.images).resolve()
+    if not index.root.is_dir():
+        raise FileNotFoundError(f"图片文件夹 {index.root} 不存在；搬了家请用 --images 指出新位置 / image folder not found")
     encoder = load_encoder(args.checkpoint, args.backend, args.threads)
     app = create_app(index, encoder, Limits(max_upload_bytes=int(args.max_upload_mb * 2**20)))
     run_server(app, args.host, args.port)
