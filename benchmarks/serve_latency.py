@@ -233,8 +233,10 @@ def main(argv=None) -> None:
         f"{time.strftime('%Y-%m-%d', time.gmtime())}。机器与其他任务共享：开始时 1 分钟平均负载 "
         f"{load_before[0]:.1f}，结束时 {load_after[0]:.1f}（2 核机器上大于 2 即有排队）。",
         "",
-        f"索引：{report.count} 张图，建索引 {report.seconds:.1f} 秒（{report.count / max(report.seconds, 1e-9):.0f} 张/秒），"
-        f"向量 {index.dim} 维 {index.embeddings.dtype}，索引目录 {index_mb:.2f} MB"
+        (f"索引：{report.count} 张图，建索引 {report.seconds:.1f} 秒（{report.embedded / max(report.seconds, 1e-9):.0f} 张/秒），"
+         if report.embedded else
+         f"索引：{report.count} 张图（--workdir 里已建好；本次重扫文件夹、确认无变化用时 {report.seconds:.1f} 秒），")
+        + f"向量 {index.dim} 维 {index.embeddings.dtype}，索引目录 {index_mb:.2f} MB"
         f"（向量 {index.embeddings.nbytes / 2**20:.2f} MB）。ONNX 模型：图像 {export['image_mb']} MB、文本 {export['text_mb']} MB。",
         "",
         "| 后端 | 进程内 p50 / p99（ms） | 其中检索 p50（ms） | HTTP /search p50 / p99（ms） | 启动到可用（s） | 服务进程常驻内存（MB） |",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
 import time
 import uuid
@@ -279,6 +280,10 @@ def build_index(encoder, images: str | os.PathLike, out: str | os.PathLike, *, c
     kept_paths = {f["path"] for f in kept}
     todo = [f for f in files if f["path"] not in kept_paths]
     report.kept, report.removed = len(kept), len(old) - len(kept)
+    if old and not todo and not report.removed:  # 什么都没变：不重写，正在读这个索引的服务也不受影响
+        report.count, report.seconds = len(kept), round(time.perf_counter() - t0, 3)
+        shutil.rmtree(out / PARTIAL, ignore_errors=True)
+        return report
 
     settings = {"dtype": dtype, "max_bytes": max_bytes, "max_pixels": max_pixels, "image_size": encoder.image_size}
     chunks = [todo[i:i + chunk_size] for i in range(0, len(todo), chunk_size)]
