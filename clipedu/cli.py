@@ -98,6 +98,8 @@ def build_parser(with_data: bool = False) -> argparse.ArgumentParser:
     _add_train_parser(sub)
     _add_eval_parser(sub)
     _add_data_parser(sub, with_data)
+    from .search.cli import add_parsers as _add_search_parsers  # index / serve / export（见第 6 章 sec-service）
+    _add_search_parsers(sub)
     return parser
 
 
