@@ -35,6 +35,13 @@ def train(cfg: TrainConfig, train_dataset=None) -> list[dict]:
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"train 需要 TrainConfig，实际为 {type(cfg).__name__}")
     owns_group = not is_dist()  # 进程组由这里创建的，结束时也由这里销毁
+    cfg.validate()  # [hardening] 构造后被改坏的字段在这里拦住
+    from .outdir import OutDirLock  # [hardening] 同一个输出目录同时只属于一次训练（0 号进程持锁）
+    with OutDirLock(cfg.out_dir):
+        return _train_locked(cfg, train_dataset, owns_group)
+
+
+def _train_locked(cfg: TrainConfig, train_dataset, owns_group: bool) -> list[dict]:
     state, dataset, ckpt = build_state(cfg, train_dataset)
     logger = RunLogger(cfg.out_dir, enabled=state.rank == 0, tensorboard=cfg.tensorboard,
                        resume_step=state.step if ckpt is not None else None)
