@@ -16,6 +16,7 @@ import os
 import pickle
 import random
 import re
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -85,10 +86,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         if "Weights only load failed" not in str(e):  # 乱码文件也会抛 UnpicklingError（invalid load key）
             raise ValueError(f"检查点 {path} 已损坏或不是 PyTorch 文件（{str(e)[:120]}）/ corrupt checkpoint") from None
         # weights_only 模式拒绝任何非白名单的全局对象：这正是恶意 __reduce__ 载荷的样子
-        raise ValueError(
-            f"拒绝加载 {path}：文件里含有张量与基本类型之外的 Python 对象（可能是恶意 pickle 载荷），"
-            f"weights_only=True 不允许执行它。只加载你信任来源的检查点。/ refused unsafe checkpoint: {e}"
-        ) from None
+        from .errors import describe_unsafe_pickle  # [hardening] 不转述 PyTorch 的 weights_only=False 建议
+        raise ValueError(f"拒绝加载检查点 {path}：{describe_unsafe_pickle(e)} / refused unsafe checkpoint") from None
     except Exception as e:  # noqa: BLE001  截断/乱码文件会从 zip、pickle 各层抛出各种异常
         raise ValueError(
             f"检查点 {path} 已损坏或被截断（{type(e).__name__}: {str(e)[:120]}）；"
@@ -100,9 +99,9 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 
 
 def _require_clipedu(ckpt: dict, path) -> None:
-    if ckpt.get("format") != FORMAT or "model" not in ckpt or "config" not in ckpt:
+    if ckpt.get("format") != FORMAT or any(k not in ckpt for k in ("model", "config", "tokenizer")):  # [hardening] +tokenizer
         raise ValueError(
-            f"{path} 不是 clipedu 训练检查点（缺少 format/model/config 字段，实际字段为 {sorted(ckpt)[:8]}）；"
+            f"{path} 不是 clipedu 训练检查点（缺少 format/model/config/tokenizer 字段，实际字段为 {sorted(ckpt)[:8]}）；"
             f"OpenAI/open_clip 权重请用 clipedu.load_pretrained"
         )
 
@@ -156,8 +155,10 @@ def find_latest(out_dir: str | os.PathLike) -> Optional[Path]:
     for p in candidates:
         try:
             step = int(load_checkpoint(p).get("train_state", {}).get("step", -1))
-        except ValueError:
-            continue  # 损坏的文件跳过，退回更早的检查点
+        except ValueError as e:  # [hardening] 损坏的文件跳过，退回更早的检查点，并说出来
+            print(f"[clipedu] 跳过无法读取的检查点 {p}（{str(e)[:160]}），改用更早的检查点 "
+                  "/ skipping unreadable checkpoint", file=sys.stderr, flush=True)
+            continue
         if step > best_step:
             best, best_step = p, step
     return best

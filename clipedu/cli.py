@@ -111,7 +111,7 @@ def _add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="评估检查点（零样本与检索）")
     p.add_argument("--checkpoint", required=True, help="clipedu 检查点（.pt）")
     p.add_argument("--json", action="store_true", help="只打印一个 JSON 对象")
-    p.add_argument("--dataset", default="shapes",
+    p.add_argument("--dataset", default="shapes", choices=("shapes", "imagefolder", "cifar10", "cifar100", "cn-clip"),
                    help="shapes（默认）| imagefolder | cifar10 | cifar100 | cn-clip（后四个需要 --root）")
     p.add_argument("--root", default=None, help="评估数据集的本地目录")
     p.add_argument("--eval-size", type=_nonneg_int, default=1000, help="shapes 评估的样本数")
@@ -170,27 +170,25 @@ def _cmd_train(args) -> int:
 
 
 def evaluate_checkpoint(path: str, dataset: str = "shapes", root: Optional[str] = None, eval_size: int = 1000,
-                        seed: int = 0, device: str = "auto") -> dict:
+                        seed: int = 0, device: str = "auto", strict: bool = False,
+                        max_bad_fraction: float = 0.01) -> dict:
     """eval 子命令的实现：载入检查点，在 shapes（或 eval_sets 里的数据集）上评估。"""
     from .checkpoint import load_model
-    from .shapes_eval import evaluate_classification, evaluate_shapes
+    from .shapes_eval import evaluate_shapes
     from .train_setup import resolve_device
 
     model, tokenizer = load_model(path, device=resolve_device(device))
     if dataset == "shapes":
         metrics = evaluate_shapes(model, tokenizer, size=eval_size, seed=seed)
-    else:
-        from .data.eval_sets import build_eval_dataset, evaluate_retrieval
-        ds, classnames, templates = build_eval_dataset(dataset, root, model.config.vision.image_size)
-        if classnames is None:  # 图文检索集（如 cn-clip）没有类别
-            metrics = evaluate_retrieval(model, tokenizer, ds)
-        else:
-            metrics = evaluate_classification(model, tokenizer, ds, classnames, templates)
+    else:  # [hardening] 真实数据：同时报告跳过的坏样本并执行比例上限
+        from .data.eval_sets import evaluate_eval_set
+        metrics = evaluate_eval_set(model, tokenizer, dataset, root, strict, max_bad_fraction)
     return {"checkpoint": str(path), "dataset": dataset, **metrics}
 
 
 def _cmd_eval(args) -> int:
-    metrics = evaluate_checkpoint(args.checkpoint, args.dataset, args.root, args.eval_size, args.seed, args.device)
+    metrics = evaluate_checkpoint(args.checkpoint, args.dataset, args.root, args.eval_size, args.seed, args.device,
+                                  args.strict, args.max_bad_fraction)
     if args.json:
         print(json.dumps(metrics, ensure_ascii=False))
     else:

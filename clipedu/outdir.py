@@ -198,4 +198,35 @@ def check_out_dir_unused(out_dir: str | os.PathLike, resume: Optional[str], over
         print(f"[clipedu] --overwrite：删除了 {out_dir} 里旧训练的 {', '.join(sorted(removed))}", file=sys.stderr)
 
 
-__all__ = ["LOCK_NAME", "OutDirLock", "check_out_dir_unused", "current_rank", "ensure_dir", "run_files"]
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def check_resume_config(cfg, ckpt: dict, path) -> None:
+    """续训的检查点必须是同一个模型：另一个预设或形状的检查点被拒绝，并列出差异。
+
+    ``--init-from`` 的运行，模型来自那个文件而不是预设，这里不比较。
+    """
+    from .config import CLIPConfig
+
+    if cfg.init_from or not isinstance(ckpt.get("config"), dict):
+        return
+    want = _flatten(cfg.model_config().to_dict())
+    have = _flatten(CLIPConfig.from_dict(ckpt["config"]).to_dict())
+    diff = [f"{k}: 检查点 {have.get(k)!r} ≠ 现在 {want.get(k)!r}" for k in sorted(set(want) | set(have))
+            if have.get(k) != want.get(k)]
+    if diff:
+        old = (ckpt.get("train_config") or {}).get("preset")
+        hint = f"续训请用原来的 --preset {old}" if old and old != cfg.preset else "续训请用与原来相同的模型配置"
+        raise UsageError(
+            f"--resume：检查点 {path} 的模型配置与现在的不同（{'; '.join(diff[:6])}{' …' if len(diff) > 6 else ''}）；"
+            f"{hint}，或换一个 --out 从头训练 / resume config mismatch")
+
+
+__all__ = ["LOCK_NAME", "check_resume_config", "OutDirLock", "check_out_dir_unused", "current_rank", "ensure_dir", "run_files"]

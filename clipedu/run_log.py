@@ -26,11 +26,14 @@ def read_log(path: str | os.PathLike) -> list[dict]:
     p = Path(path)
     if not p.is_file():
         return records
-    for line in p.read_text(encoding="utf-8").splitlines():
+    # [hardening] 坏行只丢它自己：被杀时写了一半的末行、或中间被损坏的一行，都不影响其后的记录
+    for line in p.read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
-            break  # 进程被杀时写了一半的行
+            continue
+        if isinstance(record, dict):
+            records.append(record)
     return records
 
 

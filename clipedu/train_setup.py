@@ -227,6 +227,8 @@ def _find_resume(cfg: TrainConfig) -> Optional[dict]:
     ckpt = load_checkpoint(path)
     if ckpt.get("format") != FORMAT or "train_state" not in ckpt:
         raise ValueError(f"{path} 不是可续训的 clipedu 检查点（缺少 train_state）；微调请用 --init-from")
+    from .outdir import check_resume_config  # [hardening] 另一个预设/形状的检查点被拒绝，并说出差异
+    check_resume_config(cfg, ckpt, path)
     return ckpt
 
 

@@ -46,6 +46,26 @@ def build_eval_dataset(name: str, root: str, image_size: int, *, split: Optional
     raise ValueError(f"未知评估集 {name!r}；可选：{', '.join(EVAL_DATASETS)} / unknown eval dataset")
 
 
+def evaluate_eval_set(model, tokenizer, name: str, root: str, strict: bool = False,
+                      max_bad_fraction: float = 0.01) -> dict:
+    """eval 命令的真实数据分支：建评估集、评估，并报告跳过的坏样本（``bad_samples``、``bad_samples_by_reason``）。
+
+    坏图被另一张好图替换，所以指标仍在完整的 N 个样本上算；坏样本比例超过 ``max_bad_fraction`` 时报错。
+    """
+    from ..shapes_eval import evaluate_classification
+
+    ds, classnames, templates = build_eval_dataset(name, root, model.config.vision.image_size, strict=strict,
+                                                   max_bad_fraction=max_bad_fraction)
+    if classnames is None:  # 图文检索集（如 cn-clip）没有类别
+        metrics = evaluate_retrieval(model, tokenizer, ds)
+        counter = ds.bad_samples
+    else:
+        metrics = evaluate_classification(model, tokenizer, ds, classnames, templates)
+        counter = ds.bad_samples()
+    counter.check(force=True)
+    return {**metrics, "bad_samples": counter.bad, "bad_samples_by_reason": dict(sorted(counter.counts.items()))}
+
+
 def evaluate_retrieval(model, tokenizer, rs, batch_size: int = 256, device=None) -> dict:
     """在 RetrievalSet 上算图文检索指标（i2t/t2i 的 R@1/5/10 与名次），附上坏样本统计。"""
     from ..evaluate import encode_dataset, encode_texts, retrieval_metrics
@@ -57,4 +77,4 @@ def evaluate_retrieval(model, tokenizer, rs, batch_size: int = 256, device=None)
             "bad_samples": rs.bad_samples.bad}
 
 
-__all__ = ["EVAL_DATASETS", "add_shard_parser", "build_eval_dataset", "evaluate_retrieval"]
+__all__ = ["EVAL_DATASETS", "add_shard_parser", "build_eval_dataset", "evaluate_eval_set", "evaluate_retrieval"]
