@@ -63,7 +63,7 @@ class _Parser(argparse.ArgumentParser):
     """参数错误也是一行中文说明（带英文关键词），退出码 2，不打印整页用法。"""
 
     def error(self, message: str):
-        self.exit(2, f"错误：命令行参数有误：{message}（运行 {self.prog} -h 查看用法）/ usage error\n")
+        self.exit(2, f"错误：命令行参数有误：{message}（运行 {self.prog} -h 查看用法） / usage error\n")
 
 
 def _finite_float(text: str) -> float:

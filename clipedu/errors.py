@@ -105,6 +105,8 @@ def report(error: BaseException, stream=None) -> int:
         import traceback
         traceback.print_exception(type(error), error, error.__traceback__, file=stream)
     message, code = message_for(error)
+    if " / " not in message:  # 每条说明都带英文关键词，便于搜索与日志过滤
+        message += " / " + ("invalid input" if code == EXIT_USAGE else "failed")
     print(f"错误：{message}", file=stream, flush=True)
     return code
 
