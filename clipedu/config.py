@@ -247,7 +247,7 @@ def validate_train_config(cfg: "TrainConfig") -> None:
                             ("num_workers", 0, None), ("save_every", 0, None), ("keep_last", 0, None),
                             ("eval_every", 0, None), ("eval_size", 0, None), ("log_every", 1, None)):
         _check_int(cfg, name, low, high)
-    _check_float(cfg, "lr", 0.0, low_open=True)
+    _check_float(cfg, "lr", 0.0)  # 0 也合法：测试与对照实验里用它检查初始化
     _check_float(cfg, "weight_decay", 0.0)
     _check_float(cfg, "eps", 0.0, low_open=True)
     _check_float(cfg, "head_lr_mult", 0.0)
