@@ -86,6 +86,20 @@ def _device(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _regular_file(text: str) -> str:
+    """检查点、权重这类文件旗标：必须是已存在的普通文件（FIFO、设备会让读取永远阻塞）。"""
+    import os
+    if text == "latest":  # --resume latest
+        return text
+    path = os.path.expanduser(text)
+    if os.path.exists(path) and not os.path.isfile(path):  # 不存在的文件交给载入函数，它的说明更具体
+        raise argparse.ArgumentTypeError(f"{text} 不是普通文件（目录、FIFO 或设备）")
+    return text
+
+
+_regular_file.__name__ = "file"
+
+
 def _nonneg_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -99,6 +113,8 @@ _nonneg_int.__name__ = "int"
 def _add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="训练 CLIP", argument_default=argparse.SUPPRESS)
     for flag, dest, typ, help_ in _TRAIN_FLAGS:
+        if dest in ("init_from", "resume"):
+            typ = _regular_file
         p.add_argument(flag, dest=dest, type=_finite_float if typ is float else typ, help=help_)
     for flag, dest, value, help_ in _SWITCHES:
         p.add_argument(flag, dest=dest, action="store_const", const=value, help=help_)
@@ -109,7 +125,7 @@ def _add_train_parser(sub) -> None:
 
 def _add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="评估检查点（零样本与检索）")
-    p.add_argument("--checkpoint", required=True, help="clipedu 检查点（.pt）")
+    p.add_argument("--checkpoint", required=True, type=_regular_file, help="clipedu 检查点（.pt）")
     p.add_argument("--json", action="store_true", help="只打印一个 JSON 对象")
     p.add_argument("--dataset", default="shapes", choices=("shapes", "imagefolder", "cifar10", "cifar100", "cn-clip"),
                    help="shapes（默认）| imagefolder | cifar10 | cifar100 | cn-clip（后四个需要 --root）")

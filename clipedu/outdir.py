@@ -119,6 +119,7 @@ class OutDirLock:
         if self._key in self._held:
             self._held[self._key] += 1
             return self
+        self._created = not self.out_dir.exists()  # 失败的训练不留下空目录
         ensure_dir(self.out_dir)
         for _ in range(3):
             if self._try_create():
@@ -161,6 +162,11 @@ class OutDirLock:
         info = self._read()
         if info is not None and info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
             self.path.unlink(missing_ok=True)
+        if getattr(self, "_created", False):
+            try:
+                self.out_dir.rmdir()  # 只删空目录：训练写了文件就保留
+            except OSError:
+                pass
 
     def __enter__(self) -> "OutDirLock":
         return self.acquire()

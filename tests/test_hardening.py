@@ -216,7 +216,7 @@ def test_out_that_is_or_is_under_a_file(tmp_path, capsys, make, phrase):
 # ---------------------------------------------------------------- 每个用户错误一行说明
 
 @pytest.mark.parametrize("flags, needle", [
-    (["--grad-clip", "0"], "--grad-clip"), (["--grad-clip", "-1"], "--grad-clip"),
+    (["--grad-clip", "0"], "--grad-clip"), (["--grad-clip", "-1"], "--grad-clip"), (["--steps", "0"], "--steps"),
     (["--batch-size", "0"], "--batch-size"), (["--time-budget", "-5"], "--time-budget"),
     (["--time-budget", "nan"], "--time-budget"), (["--weight-decay", "-0.1"], "--weight-decay"),
     (["--head-lr-mult", "-1"], "--head-lr-mult"), (["--lr", "inf"], "--lr"),
@@ -406,3 +406,34 @@ def test_eval_reports_bad_samples_and_ignores_symlink_loops(tmp_path, capsys, ti
     assert m["bad_samples"] == 1 and m["bad_samples_by_reason"] == {"corrupt_image": 1}
     rc, _, err = _cli(capsys, "eval", "--checkpoint", tiny_ckpt, "--dataset", "imagefolder", "--root", root)
     assert rc == 1 and "broken.jpg" in _one_clear_line(err)  # 1/7 超过默认上限 1%
+
+
+def test_fifo_as_checkpoint_or_init_from_is_refused(tmp_path, capsys):
+    fifo = tmp_path / "w.pt"
+    os.mkfifo(fifo)
+    for argv in (["eval", "--checkpoint", fifo], [*TRAIN, "--out", tmp_path / "r", "--init-from", fifo],
+                 [*TRAIN, "--out", tmp_path / "r", "--resume", fifo]):
+        rc, _, err = _cli(capsys, *argv)
+        assert rc == 2 and "FIFO" in _one_clear_line(err)
+
+
+def test_gbk_csv_with_custom_columns_trains_with_the_flags_the_hints_name(tmp_path, capsys):
+    rows = [(f"{i}.png", f"第{i}张红色方块", png_bytes((20 * i, 0, 0))) for i in range(8)]
+    csv = write_csv_folder(tmp_path, rows, name="data.tsv", header="path\tcaption", encoding="gb18030")
+    rc, _, err = _cli(capsys, *TRAIN, "--out", tmp_path / "r1", "--dataset", "csv", "--data-path", csv)
+    assert rc == 2 and "--csv-img-key" in err and "--csv-caption-key" in err  # 提示的旗标真实存在
+    rc, _, err = _cli(capsys, *TRAIN, "--out", tmp_path / "r2", "--dataset", "csv", "--data-path", csv,
+                      "--csv-img-key", "path", "--csv-caption-key", "caption")
+    assert rc == 1 and "--encoding gb18030" in err  # 不是 UTF-8：每行都坏，提示 --encoding
+    rc, _, err = _cli(capsys, *TRAIN, "--out", tmp_path / "r3", "--dataset", "csv", "--data-path", csv,
+                      "--csv-img-key", "path", "--csv-caption-key", "caption", "--encoding", "gb18030")
+    assert rc == 0, err
+
+
+def test_huge_single_line_table_is_not_read_whole(tmp_path):
+    from clipedu.data.robust import iter_lines
+    big = tmp_path / "big.csv"
+    big.write_bytes(b"filepath,title\n" + b"x" * (3 * 2**20) + b"\nimgs/a.png,ok\n")
+    with open(big, "rb") as f:
+        got = list(iter_lines(f, 2**20))
+    assert [(r is None, n) for r, n in got] == [(False, 15), (True, 3 * 2**20 + 1), (False, 14)]

@@ -20,7 +20,9 @@ import torch
 from torch.utils.data import Dataset
 
 from .robust import (BadSample, BadSampleCounter, RobustDataset, clean_caption, decode_image,
-                     decode_line, load_with_substitutes, open_regular, strict_error)
+                     decode_line, iter_lines, load_with_substitutes, open_regular, strict_error)
+
+MAX_IMAGE_LINE_BYTES = 64 * 2**20  # imgs.tsv 一行（id + base64 图像）的上限
 
 
 def split_files(root: str, split: str) -> tuple[str, str]:
@@ -49,9 +51,12 @@ class ImageTSV:
         self._fh, self._pid = None, None
         offset = 0
         with open_regular(path) as f:
-            for lineno, raw in enumerate(f, start=1):
-                self._index_line(raw, offset, lineno, report)
-                offset += len(raw)
+            for lineno, (raw, size) in enumerate(iter_lines(f, MAX_IMAGE_LINE_BYTES), start=1):
+                if raw is None:
+                    report(BadSample("too_large", f"{path} 第 {lineno} 行", f"{size} 字节，超过上限"))
+                else:
+                    self._index_line(raw, offset, lineno, report)
+                offset += size
 
     def _index_line(self, raw: bytes, offset: int, lineno: int, report) -> None:
         where = f"{self.path} 第 {lineno} 行"
@@ -89,8 +94,11 @@ def read_texts(path: str, known_ids, report: Callable[[BadSample], None]) -> lis
     """读 texts.jsonl，返回 [(text_id, text, [image_id, …])]；坏行交给 ``report``。"""
     texts, seen = [], set()
     with open_regular(path) as f:
-        for lineno, raw in enumerate(f, start=1):
+        for lineno, (raw, size) in enumerate(iter_lines(f, 2**20), start=1):
             where = f"{path} 第 {lineno} 行"
+            if raw is None:
+                report(BadSample("malformed_row", where, f"一行有 {size} 字节，超过上限"))
+                continue
             if not raw.strip():
                 continue
             try:
@@ -191,7 +199,7 @@ def load_retrieval_set(root: str, split: str = "valid", transform: Optional[Call
     def report(bad: BadSample) -> None:
         if strict:
             raise strict_error(bad)
-        counter.add(bad.reason, bad.where)
+        counter.add(bad.reason, bad.describe())
 
     tsv = ImageTSV(imgs_path, report)
     texts = read_texts(texts_path, tsv.offsets, report)

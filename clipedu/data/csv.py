@@ -13,8 +13,10 @@ import csv as _csv
 import os
 from typing import Callable, Optional
 
-from .robust import (BadSample, RobustDataset, clean_caption, decode_image, decode_line, open_regular,
-                     require_regular_file)
+from .robust import (BadSample, RobustDataset, clean_caption, decode_image, decode_line, iter_lines,
+                     open_regular, require_regular_file)
+
+MAX_ROW_BYTES = 2**20  # 一行（图像路径 + 文本）的上限；更长的多半是误指的二进制文件
 
 
 def separator_for(path: str, sep: Optional[str] = None) -> str:
@@ -32,8 +34,11 @@ def read_rows(path: str, sep: str, encoding: str = "utf-8"):
     """
     require_regular_file(path, "表格文件", "--data-path/--csv")
     with open_regular(path) as f:
-        for lineno, raw in enumerate(f, start=1):
+        for lineno, (raw, size) in enumerate(iter_lines(f, MAX_ROW_BYTES), start=1):
             where = f"{path} 第 {lineno} 行"
+            if raw is None:
+                yield lineno, BadSample("malformed_row", where, f"一行有 {size} 字节，超过上限 {MAX_ROW_BYTES}")
+                continue
             if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]  # Excel 导出的 UTF-8 带 BOM
             try:

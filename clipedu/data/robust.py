@@ -46,6 +46,10 @@ class BadSample(Exception):
         super().__init__(f"{reason}: {where} {detail}".strip())
         self.reason, self.where, self.detail = reason, where, detail
 
+    def describe(self) -> str:
+        """出处加原因细节，写进计数器的例子里，报错时用户能看到该怎么改（如 --encoding）。"""
+        return f"{self.where}（{self.detail}）" if self.detail else self.where
+
 
 class BadSampleError(ValueError):
     """对用户抛出的错误：strict 模式下的第一个坏样本，或坏样本比例超限。"""
@@ -172,6 +176,25 @@ def open_regular(path: str | os.PathLike, max_bytes: Optional[int] = None):
     except BaseException:
         os.close(fd)
         raise
+
+
+def iter_lines(f, max_bytes: int):
+    """逐行读二进制文件，产出 ``(行字节, 字节数)``；超过 ``max_bytes`` 的行产出 ``(None, 字节数)``，
+    且不整行读进内存（一个没有换行的巨大文件不会吃光内存）。"""
+    while True:
+        raw = f.readline(max_bytes + 1)
+        if not raw:
+            return
+        if len(raw) <= max_bytes or raw.endswith(b"\n"):
+            yield raw, len(raw)
+            continue
+        n = len(raw)
+        while not raw.endswith(b"\n"):
+            raw = f.readline(1 << 20)
+            if not raw:
+                break
+            n += len(raw)
+        yield None, n
 
 
 def require_regular_file(path: str | os.PathLike, what: str, flag: str) -> str:
@@ -302,7 +325,7 @@ def load_with_substitutes(n: int, index: int, load: Callable[[int], tuple], stri
             continue
         try:
             image, caption, label = load(j)
-            return Sample(image, caption, label, [first.reason], {first.reason: first.where})
+            return Sample(image, caption, label, [first.reason], {first.reason: first.describe()})
         except BadSample:
             known_bad.add(j)
     raise BadSampleError(
@@ -327,7 +350,7 @@ class RobustDataset(Dataset):
     def index_problem(self, bad: BadSample) -> None:
         if self.strict:
             raise strict_error(bad)
-        self.index_counter.add(bad.reason, bad.where)
+        self.index_counter.add(bad.reason, bad.describe())
 
     def finish_index(self, n_good: int) -> None:
         """建完索引：记下好行数，坏行比例超限就报错，一个好样本都没有也报错。"""
@@ -359,7 +382,7 @@ class RobustDataset(Dataset):
 
 
 __all__ = [
-    "RobustDataset", "MAX_IMAGE_BYTES", "open_regular", "read_file_bytes", "require_regular_file",
+    "RobustDataset", "MAX_IMAGE_BYTES", "iter_lines", "open_regular", "read_file_bytes", "require_regular_file",
     "REASONS", "BadSample", "BadSampleError", "BadSampleCounter", "to_rgb", "decode_image",
     "clean_caption", "decode_line", "Sample", "Batch", "collate", "load_with_substitutes", "strict_error",
 ]

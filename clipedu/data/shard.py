@@ -82,7 +82,7 @@ def write_shards(csv_path: str, out_dir: str, shard_size: int = 10000, img_key: 
             except BadSample as e:
                 if strict:
                     raise strict_error(e) from None
-                counter.add(e.reason, where)
+                counter.add(e.reason, e.describe())
                 counter.seen -= 1
                 continue
             sink.write({"__key__": f"{written:09d}", ext: data, "txt": caption.encode("utf-8")})

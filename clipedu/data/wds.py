@@ -118,8 +118,8 @@ class RobustDecode:
         if self.strict:
             raise strict_error(bad)
         self.pending.append(bad.reason)
-        self.pending_where.setdefault(bad.reason, bad.where)
-        self.counter.add(bad.reason, bad.where)
+        self.pending_where.setdefault(bad.reason, bad.describe())
+        self.counter.add(bad.reason, bad.describe())
         self.consecutive += 1
         if self.consecutive >= self.max_consecutive_bad:
             raise BadSampleError(
