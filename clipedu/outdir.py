@@ -228,8 +228,14 @@ def check_resume_config(cfg, ckpt: dict, path) -> None:
     diff = [f"{k}: 检查点 {have.get(k)!r} ≠ 现在 {want.get(k)!r}" for k in sorted(set(want) | set(have))
             if have.get(k) != want.get(k)]
     if diff:
-        old = (ckpt.get("train_config") or {}).get("preset")
-        hint = f"续训请用原来的 --preset {old}" if old and old != cfg.preset else "续训请用与原来相同的模型配置"
+        old_cfg = ckpt.get("train_config") or {}
+        old = old_cfg.get("preset")
+        if old_cfg.get("init_from"):
+            hint = f"那次训练是从 {old_cfg['init_from']} 初始化的，续训请加上原来的 --init-from"
+        elif old and old != cfg.preset:
+            hint = f"续训请用原来的 --preset {old}"
+        else:
+            hint = "续训请用与原来相同的模型配置"
         raise UsageError(
             f"--resume：检查点 {path} 的模型配置与现在的不同（{'; '.join(diff[:6])}{' …' if len(diff) > 6 else ''}）；"
             f"{hint}，或换一个 --out 从头训练 / resume config mismatch")
