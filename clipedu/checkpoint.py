@@ -83,10 +83,11 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):  # 乱码文件也会抛 UnpicklingError（invalid load key）
-            raise ValueError(f"检查点 {path} 已损坏或不是 PyTorch 文件（{str(e)[:120]}）/ corrupt checkpoint") from None
+        from .errors import describe_unsafe_pickle, unsafe_global  # [hardening] 乱码与恶意载荷分开说
+        if unsafe_global(e) is None:  # 乱码、截断的文件也会抛 UnpicklingError（invalid load key、operand）
+            raise ValueError(f"检查点 {path} 已损坏或不是 PyTorch 文件；请改用上一个检查点（ckpt_step*.pt） "
+                             "/ corrupt checkpoint") from None
         # weights_only 模式拒绝任何非白名单的全局对象：这正是恶意 __reduce__ 载荷的样子
-        from .errors import describe_unsafe_pickle  # [hardening] 不转述 PyTorch 的 weights_only=False 建议
         raise ValueError(f"拒绝加载检查点 {path}：{describe_unsafe_pickle(e)} / refused unsafe checkpoint") from None
     except Exception as e:  # noqa: BLE001  截断/乱码文件会从 zip、pickle 各层抛出各种异常
         raise ValueError(

@@ -110,6 +110,16 @@ def _nonneg_int(text: str) -> int:
 _nonneg_int.__name__ = "int"
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"应为正整数，实际为 {text!r}")
+    return value
+
+
+_positive_int.__name__ = "int"
+
+
 def _add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="训练 CLIP", argument_default=argparse.SUPPRESS)
     for flag, dest, typ, help_ in _TRAIN_FLAGS:
@@ -130,7 +140,7 @@ def _add_eval_parser(sub) -> None:
     p.add_argument("--dataset", default="shapes", choices=("shapes", "imagefolder", "cifar10", "cifar100", "cn-clip"),
                    help="shapes（默认）| imagefolder | cifar10 | cifar100 | cn-clip（后四个需要 --root）")
     p.add_argument("--root", default=None, help="评估数据集的本地目录")
-    p.add_argument("--eval-size", type=_nonneg_int, default=1000, help="shapes 评估的样本数")
+    p.add_argument("--eval-size", type=_positive_int, default=1000, help="shapes 评估的样本数")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="shapes 评估数据的种子")
     p.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda")
     p.add_argument("--max-bad-fraction", type=_finite_float, default=0.01, help="坏样本比例上限（真实数据集）")
@@ -171,10 +181,30 @@ def config_from_args(args: argparse.Namespace):
     return TrainConfig(**overrides)
 
 
+def _check_flag_combinations(given: dict) -> None:
+    """给出了却不会起作用的旗标：报错，而不是悄悄忽略（用户以为它生效了）。"""
+    from .errors import UsageError
+
+    dataset = given.get("dataset", "shapes")
+    csv_flags = [f for f in ("csv_img_key", "csv_caption_key", "csv_separator", "encoding") if f in given]
+    problems = []
+    if csv_flags and dataset != "csv":
+        problems.append(f"{', '.join('--' + f.replace('_', '-') for f in csv_flags)} 只用于 --dataset csv")
+    if "max_objects" in given and dataset != "shapes":
+        problems.append("--max-objects 只用于 --dataset shapes")
+    if "data_path" in given and dataset in ("shapes", "digits"):
+        problems.append(f"--dataset {dataset} 是内置数据，不读 --data-path")
+    if "init_from" in given and "preset" in given:
+        problems.append("--init-from 的模型结构来自那个文件，--preset 不起作用")
+    if problems:
+        raise UsageError("；".join(problems) + "。请去掉不起作用的旗标 / flag has no effect")
+
+
 def _cmd_train(args) -> int:
     from .outdir import OutDirLock, check_out_dir_unused
     from .train import train
 
+    _check_flag_combinations(vars(args))
     cfg = config_from_args(args)
     with OutDirLock(cfg.out_dir) as lock:  # 先持锁再检查：别的进程不能在检查之后抢进来
         if lock.enabled:

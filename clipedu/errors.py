@@ -36,7 +36,10 @@ _OS_HINTS = {
     errno.EMFILE: "打开的文件太多；请减少 --num-workers / too many open files",
 }
 
-_WEIGHTS_ONLY_ADVICE = re.compile(r"weights_only\s*=\s*False", re.IGNORECASE)
+_WEIGHTS_ONLY_ADVICE = re.compile(r"weights_only\W{0,12}(?:=|set to)\W{0,4}False", re.IGNORECASE)
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)|unpickle global ([\w.]+)|^global ([\w.]+)$|(unrecognized function|Unsupported class)",
+                            re.MULTILINE)
+_KEY_PHRASE = re.compile(r"/\s*[A-Za-z][\w ,.:'()-]*$", re.ASCII)
 
 
 def _first_line(text: str) -> str:
@@ -51,14 +54,20 @@ def _worker_original(message: str) -> str:
     return lines[-1] if lines else message
 
 
+def unsafe_global(error: BaseException):
+    """反序列化被拒绝是因为文件要求一个不许可的全局名字（恶意载荷的样子）时返回这个名字，否则（乱码、截断）返回 None。"""
+    m = _UNSAFE_GLOBAL.search(str(error))
+    if m is None:
+        return None
+    return next((g for g in m.groups()[:3] if g), None) or "非张量对象"
+
+
 def describe_unsafe_pickle(error: BaseException) -> str:
     """PyTorch 拒绝 weights_only 读取时，只说出被拒绝的全局名字，不转述“改用 weights_only=False”的建议。"""
-    text = str(error)
-    m = re.search(r"(?:Unsupported global: GLOBAL|global)\s+([\w.]+)", text)
-    name = m.group(1) if m else "非张量对象"
+    name = unsafe_global(error) or "非张量对象"
     return (f"文件要求执行 Python 对象 {name}，这不是张量数据，已拒绝且没有执行任何代码。"
             "安全的文件只含张量与基本类型（clipedu 的检查点、.safetensors 都是）；"
-            "请从可信来源重新获取或导出该文件 / refused unsafe pickle")
+            "请从可信来源重新获取或导出该文件")
 
 
 def message_for(error: BaseException) -> tuple[str, int]:
@@ -71,8 +80,10 @@ def message_for(error: BaseException) -> tuple[str, int]:
     if "DataLoader worker" in text and "Original Traceback" in text:
         original = _worker_original(text)
         return f"数据读取进程（--num-workers）出错：{original} / error in DataLoader worker", EXIT_FAILURE
-    if _WEIGHTS_ONLY_ADVICE.search(text):
-        return describe_unsafe_pickle(error), EXIT_FAILURE
+    if _WEIGHTS_ONLY_ADVICE.search(text):  # 安全网：绝不转述 “改用 weights_only=False” 的建议
+        if unsafe_global(error):
+            return describe_unsafe_pickle(error) + " / refused unsafe pickle", EXIT_FAILURE
+        return "文件已损坏或不是 PyTorch 权重文件 / corrupt file", EXIT_FAILURE
     if isinstance(error, BadSampleError):
         return _first_line(text), EXIT_FAILURE
     if isinstance(error, (UsageError, FileNotFoundError)):
@@ -105,11 +116,11 @@ def report(error: BaseException, stream=None) -> int:
         import traceback
         traceback.print_exception(type(error), error, error.__traceback__, file=stream)
     message, code = message_for(error)
-    if " / " not in message:  # 每条说明都带英文关键词，便于搜索与日志过滤
+    if not _KEY_PHRASE.search(message):  # 每条说明都带英文关键词，便于搜索与日志过滤
         message += " / " + ("invalid input" if code == EXIT_USAGE else "failed")
     print(f"错误：{message}", file=stream, flush=True)
     return code
 
 
-__all__ = ["UsageError", "RunError", "message_for", "report", "describe_unsafe_pickle",
+__all__ = ["UsageError", "RunError", "message_for", "report", "describe_unsafe_pickle", "unsafe_global",
            "EXIT_FAILURE", "EXIT_USAGE", "EXIT_INTERRUPTED"]

@@ -127,8 +127,10 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            from .errors import describe_unsafe_pickle  # [hardening] 不转述 PyTorch 的 weights_only=False 建议
-            raise ValueError(f"拒绝加载 {path!r}：{describe_unsafe_pickle(e)}") from None
+            from .errors import describe_unsafe_pickle, unsafe_global  # [hardening] 不转述 weights_only=False 建议
+            if unsafe_global(e) is None:
+                raise ValueError(f"{path!r} 已损坏或不是 PyTorch 权重文件 / corrupt weights file") from None
+            raise ValueError(f"拒绝加载 {path!r}：{describe_unsafe_pickle(e)} / refused unsafe pickle") from None
     for wrapper in ("state_dict", "model"):  # 训练脚本常见的外壳：{"state_dict": {...}, "epoch": ...}
         if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
             sd = sd[wrapper]

@@ -123,8 +123,8 @@ def _fraction(text: str) -> float:
 def _encoding(text: str) -> str:
     try:
         return check_encoding(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"未知的文本编码 {text!r}；常用的有 utf-8、gb18030") from None
 
 
 _positive_int.__name__, _fraction.__name__, _encoding.__name__ = "int", "float", "encoding"
