@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 
 import clipedu
 from clipedu.data import DigitsDataset, ShapesDataset
-from clipedu.fusion import fit_classifier, predict
+from clipedu.labs.fusion import fit_classifier, predict
 from ch2_fusion import device_name, train_shapes_clip, write_section
 
 

@@ -149,14 +149,14 @@ def _add_eval_parser(sub) -> None:
 
 
 def _add_data_parser(sub, full: bool) -> None:
-    """``python -m clipedu data ...`` 由 clipedu.data.eval_sets 提供；只在用到时才导入它。"""
+    """``python -m clipedu data ...`` 由 clipedu.data.shard 提供；只在用到时才导入它。"""
     if not full:
         sub.add_parser("data", help="数据工具：把图文数据打成 WebDataset 分片等（python -m clipedu data -h）")
         return
     try:
-        from .data.eval_sets import add_shard_parser
+        from .data.shard import add_shard_parser
     except ImportError as e:
-        p = sub.add_parser("data", help="数据工具（需要 clipedu.data.eval_sets）")
+        p = sub.add_parser("data", help="数据工具（需要 clipedu.data.shard）")
         p.set_defaults(func=lambda args: _fail(f"data 子命令不可用：{e}"))
         return
     p = sub.add_parser("data", help="数据工具：把图文数据打成 WebDataset 分片等")
@@ -202,7 +202,7 @@ def _check_flag_combinations(given: dict) -> None:
 
 def _cmd_train(args) -> int:
     from .outdir import OutDirLock, check_out_dir_unused
-    from .train import train
+    from .trainer import train
 
     _check_flag_combinations(vars(args))
     cfg = config_from_args(args)
@@ -215,26 +215,12 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def evaluate_checkpoint(path: str, dataset: str = "shapes", root: Optional[str] = None, eval_size: int = 1000,
-                        seed: int = 0, device: str = "auto", strict: bool = False,
-                        max_bad_fraction: float = 0.01) -> dict:
-    """eval 子命令的实现：载入检查点，在 shapes（或 eval_sets 里的数据集）上评估。"""
-    from .checkpoint import load_model
-    from .shapes_eval import evaluate_shapes
-    from .train_setup import resolve_device
-
-    model, tokenizer = load_model(path, device=resolve_device(device))
-    if dataset == "shapes":
-        metrics = evaluate_shapes(model, tokenizer, size=eval_size, seed=seed)
-    else:  # [hardening] 真实数据：同时报告跳过的坏样本并执行比例上限
-        from .data.eval_sets import evaluate_eval_set
-        metrics = evaluate_eval_set(model, tokenizer, dataset, root, strict, max_bad_fraction)
-    return {"checkpoint": str(path), "dataset": dataset, **metrics}
-
-
 def _cmd_eval(args) -> int:
-    metrics = evaluate_checkpoint(args.checkpoint, args.dataset, args.root, args.eval_size, args.seed, args.device,
-                                  args.strict, args.max_bad_fraction)
+    from .eval_tasks import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(args.checkpoint, args.dataset, args.root, args.eval_size,
+                                  args.seed, args.device, args.strict,
+                                  args.max_bad_fraction)
     if args.json:
         print(json.dumps(metrics, ensure_ascii=False))
     else:

@@ -25,8 +25,8 @@ def stored_config(path: str):
         if meta.get("format") == FORMAT and "config" in meta:
             return CLIPConfig.from_dict(json.loads(meta["config"]))
         return None
-    from .pretrained import _is_torchscript
-    if _is_torchscript(path):
+    from .pretrained import is_torchscript
+    if is_torchscript(path):
         return None
     from .checkpoint import load_checkpoint
     ckpt = load_checkpoint(Path(path))

@@ -18,8 +18,10 @@ from collections import OrderedDict
 
 import torch
 
+from .checkpoint import is_clipedu_checkpoint, load_checkpoint, load_state_dict_checked
 from .config import CLIPConfig, TextConfig, VisionConfig
 from .model import CLIP
+from .tokenizer import ChineseTokenizer
 
 # 检查点里常见、但模型不需要的键：OpenAI 存档里的整数元数据、open_clip 的因果掩码缓冲区
 _IGNORED_KEYS = {"input_resolution", "context_length", "vocab_size", "attn_mask"}
@@ -107,7 +109,8 @@ def _read_torchscript(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def _is_torchscript(path: str) -> bool:
+def is_torchscript(path: str) -> bool:
+    """文件是不是 OpenAI 式的 TorchScript 存档（zip 里有 constants.pkl 或 code/）。"""
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as z:
@@ -121,7 +124,7 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
         sd = load_file(path, device="cpu")
-    elif _is_torchscript(path):
+    elif is_torchscript(path):
         sd = _read_torchscript(path)
     else:
         try:
@@ -192,7 +195,7 @@ def load_pretrained(path: str, device: str | torch.device = "cpu", quick_gelu: b
     model = CLIP(config)
     expected = model.state_dict()
     # TorchScript 存档里还有非参数的张量属性（如各块的 attn_mask），只有普通 state dict 才对多余的键报错
-    strict = not _is_torchscript(str(path))
+    strict = not is_torchscript(str(path))
     unexpected = sorted(k for k in sd if strict and k not in expected
                         and k.rsplit(".", 1)[-1] not in _IGNORED_KEYS)
     missing = sorted(k for k in expected if k not in sd and not k.endswith("num_batches_tracked"))
@@ -224,4 +227,48 @@ def english_tokenizer(context_length: int = 77):
     return SimpleTokenizer(context_length=context_length)
 
 
-__all__ = ["load_pretrained", "read_state_dict", "infer_config", "english_tokenizer"]
+def load_init_weights(path: str) -> tuple[CLIPConfig, dict, ChineseTokenizer]:
+    """``--init-from``：返回 (模型配置, 权重, 分词器)（见第 9 章 faq-finetune）。
+
+    clipedu 检查点原样载入；OpenAI/open_clip 权重（.safetensors、state dict、
+    TorchScript）由 ``read_state_dict`` 读出。英文权重的词表（49408 个 BPE 词元）
+    与 ChineseTokenizer 不同，所以像 Chinese-CLIP 那样：保留形状相符的全部权重
+    （整个图像塔与文本 Transformer），换成中文词表，只有 ``token_embedding`` 按新
+    词表重新初始化。常与 ``--lock-image`` 一起用。
+    """
+    path = str(path)
+    if not (path.endswith(".safetensors") or is_torchscript(path)):
+        ckpt = load_checkpoint(path)
+        if is_clipedu_checkpoint(ckpt):
+            return (CLIPConfig.from_dict(ckpt["config"]), ckpt["model"],
+                    ChineseTokenizer.from_state_dict(ckpt["tokenizer"]))
+    sd = read_state_dict(path)
+    config = infer_config(sd)
+    tokenizer = ChineseTokenizer(context_length=config.text.context_length)
+    if config.text.vocab_size != tokenizer.vocab_size:
+        config.text.vocab_size = tokenizer.vocab_size
+        config.text.eos_token_id = tokenizer.eos_id
+        sd = {k: v for k, v in sd.items() if k != "token_embedding.weight"}
+        print(f"--init-from {path}：英文词表换成中文词表，token_embedding 重新初始化，"
+              f"其余权重照搬", flush=True)
+    with torch.device("meta"):
+        own = set(CLIP(config).state_dict())
+    state = {k: v.float() if v.is_floating_point() else v
+             for k, v in sd.items() if k in own}
+    return config, state, tokenizer
+
+
+def init_model_from(path: str) -> tuple[CLIP, ChineseTokenizer]:
+    """按 load_init_weights 建好 CLIP 并载入权重。
+
+    从英文权重来时只有 token_embedding 保持随机初始化。
+    """
+    config, state, tokenizer = load_init_weights(path)
+    model = CLIP(config)
+    # 从英文权重初始化时 token_embedding 按中文词表重建，其余键必须齐全且形状一致
+    load_state_dict_checked(model, state, strict="token_embedding.weight" in state)
+    return model, tokenizer
+
+
+__all__ = ["load_pretrained", "read_state_dict", "infer_config", "english_tokenizer",
+           "is_torchscript", "load_init_weights", "init_model_from"]

@@ -370,7 +370,7 @@ def test_cli_data_shard_entry_point(tmp_path, capsys):
 
 def test_evaluate_retrieval_on_cnclip_set(tmp_path):
     from clipedu.config import CLIPConfig, TextConfig, VisionConfig
-    from clipedu.data.eval_sets import evaluate_retrieval
+    from clipedu.eval_tasks import evaluate_retrieval
     from clipedu.model import create_model
     from clipedu.tokenizer import ChineseTokenizer
     torch.manual_seed(0)

@@ -264,21 +264,21 @@ def test_failures_exit_1_with_one_line(tmp_path, capsys, monkeypatch, tiny_ckpt)
     rc, _, err = _cli(capsys, *TRAIN, "--out", tmp_path / "r2", "--init-from", tmp_path / "partial.safetensors")
     assert rc == 2 and "text_projection" in _one_clear_line(err)
     # 保存时磁盘满：一行说明，旧文件保持原样
-    import clipedu.train_setup as ts
+    import clipedu.checkpoint as ck
 
     def full(obj, path):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
-    monkeypatch.setattr(ts, "save_checkpoint", full)
+    monkeypatch.setattr(ck, "save_checkpoint", full)
     rc, _, err = _cli(capsys, *TRAIN, "--out", tmp_path / "r3")
     assert rc == 1 and "no space left on device" in _one_clear_line(err) and "last.pt" in err
 
 
 def test_keyboard_interrupt_is_one_line_exit_130(tmp_path, capsys, monkeypatch):
-    import clipedu.train as tr
+    import clipedu.trainer as tr
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr(tr, "_run", interrupted)
+    monkeypatch.setattr(tr, "_loop", interrupted)
     rc, _, err = _cli(capsys, *TRAIN, "--out", tmp_path / "r")
     assert rc == 130 and "interrupted" in _one_clear_line(err)
     assert not (tmp_path / "r" / ".clipedu.lock").exists()  # 中断也释放锁
