@@ -18,6 +18,7 @@ import os
 import pickle
 import random
 import re
+import sys
 import zipfile
 from pathlib import Path
 from typing import Optional
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from .distributed import all_gather_objects
+from .errors import describe_unsafe_pickle, unsafe_global
 from .seeding import rank_seed, seed_everything
 
 FORMAT = "clipedu-checkpoint"
@@ -165,13 +167,26 @@ def find_latest(out_dir: str | os.PathLike) -> Optional[Path]:
     ``torch.save`` 写的是 zip，结尾有中央目录：被截断或写坏的文件没有它，跳过。
     """
     out_dir = Path(out_dir)
-    steps = [p for _, p in _step_checkpoints(out_dir) if zipfile.is_zipfile(p)]
+    steps = []
+    for _, p in _step_checkpoints(out_dir):
+        if zipfile.is_zipfile(p):
+            steps.append(p)
+        else:
+            _announce_skip(p)
     best = steps[-1] if steps else None
     last = out_dir / "last.pt"
-    if last.is_file() and zipfile.is_zipfile(last):
+    if last.is_file() and not zipfile.is_zipfile(last):
+        _announce_skip(last)
+    elif last.is_file():
         if best is None or last.stat().st_mtime_ns >= best.stat().st_mtime_ns:
             best = last
     return best
+
+
+def _announce_skip(path: Path) -> None:
+    """退回更早的检查点时要说出来：用户得知道最新的那个坏了。"""
+    print(f"[clipedu] 跳过无法读取的检查点 {path}（被截断或写坏），改用更早的检查点"
+          " / skipping unreadable checkpoint", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- 读取
@@ -187,17 +202,14 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):  # 乱码文件：invalid load key
-            raise ValueError(f"检查点 {path} 已损坏或不是 PyTorch 文件"
-                             f"（{str(e)[:120]}）/ corrupt checkpoint") from None
+        # 乱码、截断的文件也会抛 UnpicklingError（invalid load key）：与恶意载荷分开说
+        if unsafe_global(e) is None:
+            raise ValueError(f"检查点 {path} 已损坏或不是 PyTorch 文件；请改用上一个"
+                             "检查点（ckpt_step*.pt）/ corrupt checkpoint") from None
         # weights_only 模式拒绝任何非白名单的全局对象：这正是恶意 __reduce__ 载荷的样子
-        raise ValueError(
-            f"拒绝加载 {path}：文件里含有张量与基本类型之外的 Python 对象（可能是"
-            f"恶意 pickle 载荷），weights_only=True 不允许执行它。只加载你信任来源的"
-            f"检查点。"
-            f"/ refused unsafe checkpoint: {e}"
-        ) from None
-    except Exception as e:  # noqa: BLE001  截断/乱码文件会从 zip、pickle 各层抛出异常
+        raise ValueError(f"拒绝加载检查点 {path}：{describe_unsafe_pickle(e)}"
+                         " / refused unsafe checkpoint") from None
+    except Exception as e:  # noqa: BLE001  截断/乱码文件会从 zip、pickle 各层抛出各种异常
         raise ValueError(
             f"检查点 {path} 已损坏或被截断（{type(e).__name__}: {str(e)[:120]}）；"
             f"请改用上一个检查点（ckpt_step*.pt）/ corrupt or truncated checkpoint"
@@ -209,9 +221,10 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 
 
 def _require_clipedu(ckpt: dict, path) -> None:
-    if ckpt.get("format") != FORMAT or "model" not in ckpt or "config" not in ckpt:
+    needed = ("model", "config", "tokenizer")
+    if ckpt.get("format") != FORMAT or any(k not in ckpt for k in needed):
         raise ValueError(
-            f"{path} 不是 clipedu 训练检查点（缺少 format/model/config 字段，"
+            f"{path} 不是 clipedu 训练检查点（缺少 format/model/config/tokenizer 字段，"
             f"实际字段为 {sorted(ckpt)[:8]}）；OpenAI/open_clip 权重请用 "
             f"clipedu.load_pretrained"
         )

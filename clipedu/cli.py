@@ -41,6 +41,10 @@ _TRAIN_FLAGS = [
     ("--max-bad-fraction", "max_bad_fraction", float, "坏样本比例上限"),
     ("--init-from", "init_from", str, "从检查点或预训练权重初始化（微调）"),
     ("--head-lr-mult", "head_lr_mult", float, "投影头与 logit_scale 的学习率倍数"),
+    ("--csv-img-key", "csv_img_key", str, "--dataset csv：图像路径列名（默认 filepath）"),
+    ("--csv-caption-key", "csv_caption_key", str, "--dataset csv：文本列名（默认 title）"),
+    ("--csv-separator", "csv_separator", str, "--dataset csv：分隔符；默认按扩展名（.csv 逗号，.tsv 制表符）"),
+    ("--encoding", "encoding", str, "--dataset csv：表格编码，如 gb18030（GBK 文件）"),
 ]
 # (旗标, 字段, 设成的值, 帮助)
 _SWITCHES = [
@@ -55,25 +59,92 @@ _SWITCHES = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """参数错误也是一行中文说明（带英文关键词），退出码 2，不打印整页用法。"""
+
+    def error(self, message: str):
+        self.exit(2, f"错误：命令行参数有误：{message}（运行 {self.prog} -h 查看用法） / usage error\n")
+
+
+def _finite_float(text: str) -> float:
+    """浮点旗标拒绝 nan、inf；范围由 TrainConfig.validate 检查。"""
+    import math
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"应为有限实数，实际为 {text!r}")
+    return value
+
+
+_finite_float.__name__ = "float"
+
+
+def _device(text: str) -> str:
+    from .config import parse_device
+    try:
+        return parse_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _regular_file(text: str) -> str:
+    """检查点、权重这类文件旗标：必须是已存在的普通文件（FIFO、设备会让读取永远阻塞）。"""
+    import os
+    if text == "latest":  # --resume latest
+        return text
+    path = os.path.expanduser(text)
+    if os.path.exists(path) and not os.path.isfile(path):  # 不存在的文件交给载入函数，它的说明更具体
+        raise argparse.ArgumentTypeError(f"{text} 不是普通文件（目录、FIFO 或设备）")
+    return text
+
+
+_regular_file.__name__ = "file"
+
+
+def _nonneg_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"应为 ≥ 0 的整数，实际为 {text!r}")
+    return value
+
+
+_nonneg_int.__name__ = "int"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"应为正整数，实际为 {text!r}")
+    return value
+
+
+_positive_int.__name__ = "int"
+
+
 def _add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="训练 CLIP", argument_default=argparse.SUPPRESS)
     for flag, dest, typ, help_ in _TRAIN_FLAGS:
-        p.add_argument(flag, dest=dest, type=typ, help=help_)
+        if dest in ("init_from", "resume"):
+            typ = _regular_file
+        p.add_argument(flag, dest=dest, type=_finite_float if typ is float else typ, help=help_)
     for flag, dest, value, help_ in _SWITCHES:
         p.add_argument(flag, dest=dest, action="store_const", const=value, help=help_)
+    p.add_argument("--overwrite", dest="overwrite", action="store_true",
+                   help="--out 里已有一次训练时，删除它的检查点与日志，从头开始（默认拒绝）")
     p.set_defaults(func=_cmd_train)
 
 
 def _add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="评估检查点（零样本与检索）")
-    p.add_argument("--checkpoint", required=True, help="clipedu 检查点（.pt）")
+    p.add_argument("--checkpoint", required=True, type=_regular_file, help="clipedu 检查点（.pt）")
     p.add_argument("--json", action="store_true", help="只打印一个 JSON 对象")
-    p.add_argument("--dataset", default="shapes",
+    p.add_argument("--dataset", default="shapes", choices=("shapes", "imagefolder", "cifar10", "cifar100", "cn-clip"),
                    help="shapes（默认）| imagefolder | cifar10 | cifar100 | cn-clip（后四个需要 --root）")
     p.add_argument("--root", default=None, help="评估数据集的本地目录")
-    p.add_argument("--eval-size", type=int, default=1000, help="shapes 评估的样本数")
-    p.add_argument("--seed", type=int, default=0, help="shapes 评估数据的种子")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--eval-size", type=_positive_int, default=1000, help="shapes 评估的样本数")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="shapes 评估数据的种子")
+    p.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda")
+    p.add_argument("--max-bad-fraction", type=_finite_float, default=0.01, help="坏样本比例上限（真实数据集）")
+    p.add_argument("--strict", action="store_true", help="遇到第一个坏样本就报错")
     p.set_defaults(func=_cmd_eval)
 
 
@@ -93,7 +164,7 @@ def _add_data_parser(sub, full: bool) -> None:
 
 
 def build_parser(with_data: bool = False) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m clipedu", description="clipedu：CLIP 教学实现的命令行")
+    parser = _Parser(prog="python -m clipedu", description="clipedu：CLIP 教学实现的命令行")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(sub)
     _add_eval_parser(sub)
@@ -107,16 +178,40 @@ def config_from_args(args: argparse.Namespace):
     """命令行里给出的项覆盖 TrainConfig 的默认值。"""
     from .config import TrainConfig
 
-    overrides = {k: v for k, v in vars(args).items() if k not in {"func", "command"}}
+    overrides = {k: v for k, v in vars(args).items() if k not in {"func", "command", "overwrite"}}
     overrides.setdefault("out_dir", f"runs/{overrides.get('preset', TrainConfig.preset)}")
     return TrainConfig(**overrides)
 
 
+def _check_flag_combinations(given: dict) -> None:
+    """给出了却不会起作用的旗标：报错，而不是悄悄忽略（用户以为它生效了）。"""
+    from .errors import UsageError
+
+    dataset = given.get("dataset", "shapes")
+    csv_flags = [f for f in ("csv_img_key", "csv_caption_key", "csv_separator", "encoding") if f in given]
+    problems = []
+    if csv_flags and dataset != "csv":
+        problems.append(f"{', '.join('--' + f.replace('_', '-') for f in csv_flags)} 只用于 --dataset csv")
+    if "max_objects" in given and dataset != "shapes":
+        problems.append("--max-objects 只用于 --dataset shapes")
+    if "data_path" in given and dataset in ("shapes", "digits"):
+        problems.append(f"--dataset {dataset} 是内置数据，不读 --data-path")
+    if "init_from" in given and "preset" in given:
+        problems.append("--init-from 的模型结构来自那个文件，--preset 不起作用")
+    if problems:
+        raise UsageError("；".join(problems) + "。请去掉不起作用的旗标 / flag has no effect")
+
+
 def _cmd_train(args) -> int:
+    from .outdir import OutDirLock, check_out_dir_unused
     from .trainer import train
 
+    _check_flag_combinations(vars(args))
     cfg = config_from_args(args)
-    history = train(cfg)
+    with OutDirLock(cfg.out_dir) as lock:  # 先持锁再检查：别的进程不能在检查之后抢进来
+        if lock.enabled:
+            check_out_dir_unused(cfg.out_dir, cfg.resume, getattr(args, "overwrite", False))
+        history = train(cfg)
     if history:
         print(f"完成 {history[-1]['step']} 步，最终损失 {history[-1]['loss']:.4f}；输出在 {cfg.out_dir}")
     return 0
@@ -126,7 +221,8 @@ def _cmd_eval(args) -> int:
     from .eval_tasks import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(args.checkpoint, args.dataset, args.root, args.eval_size,
-                                  args.seed, args.device)
+                                  args.seed, args.device, args.strict,
+                                  args.max_bad_fraction)
     if args.json:
         print(json.dumps(metrics, ensure_ascii=False))
     else:
@@ -141,13 +237,18 @@ def _fail(message: str) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """命令行入口。任何错误都只打印一行中文说明（映射见 clipedu.errors）：用法错误退出码 2，
+    运行失败 1，Ctrl-C 130；参数解析错误由 argparse 以退出码 2 结束。"""
+    from .errors import report
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(with_data=bool(argv) and argv[0] == "data").parse_args(argv)
     try:
+        args = build_parser(with_data=bool(argv) and argv[0] == "data").parse_args(argv)
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as e:
-        # 用户能改正的错误：只打印中文说明，不打印长长的调用栈
-        return _fail(str(e))
+    except SystemExit:
+        raise
+    except BaseException as e:  # noqa: BLE001  包括 KeyboardInterrupt：同样一行说明，不打印调用栈
+        return report(e)
 
 
 if __name__ == "__main__":

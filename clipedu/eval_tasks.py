@@ -93,27 +93,42 @@ def evaluate_during_training(model, tokenizer, cfg) -> dict:
 
 
 def evaluate_checkpoint(path: str, dataset: str = "shapes", root: Optional[str] = None,
-                        eval_size: int = 1000, seed: int = 0,
-                        device: str = "auto") -> dict:
+                        eval_size: int = 1000, seed: int = 0, device: str = "auto",
+                        strict: bool = False, max_bad_fraction: float = 0.01) -> dict:
     """``python -m clipedu eval``：载入检查点，在 shapes 或 build_eval_dataset 的
-    数据集上评估。"""
+    数据集上评估；真实数据同时报告跳过的坏样本，并执行比例上限。"""
     from .checkpoint import load_model
-    from .data.eval_sets import build_eval_dataset
     from .distributed import resolve_device
 
     model, tokenizer = load_model(path, device=resolve_device(device))
     if dataset == "shapes":
         metrics = evaluate_shapes(model, tokenizer, size=eval_size, seed=seed)
     else:
-        ds, classnames, templates = build_eval_dataset(dataset, root,
-                                                       model.config.vision.image_size)
-        if classnames is None:  # 图文检索集（如 cn-clip）没有类别
-            metrics = evaluate_retrieval(model, tokenizer, ds)
-        else:
-            metrics = evaluate_classification(model, tokenizer, ds, classnames,
-                                              templates)
+        metrics = evaluate_eval_set(model, tokenizer, dataset, root, strict,
+                                    max_bad_fraction)
     return {"checkpoint": str(path), "dataset": dataset, **metrics}
 
 
+def evaluate_eval_set(model, tokenizer, name: str, root: str, strict: bool = False,
+                      max_bad_fraction: float = 0.01) -> dict:
+    """真实评估集：建数据集、评估，并报告跳过的坏样本（``bad_samples``、
+    ``bad_samples_by_reason``）。坏图被另一张好图替换，指标仍在完整的 N 个样本上算；
+    坏样本比例超过 ``max_bad_fraction`` 时报错。"""
+    from .data.eval_sets import build_eval_dataset
+
+    ds, classnames, templates = build_eval_dataset(
+        name, root, model.config.vision.image_size, strict=strict,
+        max_bad_fraction=max_bad_fraction)
+    if classnames is None:  # 图文检索集（如 cn-clip）没有类别
+        metrics = evaluate_retrieval(model, tokenizer, ds)
+        counter = ds.bad_samples
+    else:
+        metrics = evaluate_classification(model, tokenizer, ds, classnames, templates)
+        counter = ds.bad_samples()
+    counter.check(force=True)
+    return {**metrics, "bad_samples": counter.bad,
+            "bad_samples_by_reason": dict(sorted(counter.counts.items()))}
+
+
 __all__ = ["evaluate_classification", "evaluate_shapes", "evaluate_retrieval",
-           "evaluate_during_training", "evaluate_checkpoint"]
+           "evaluate_during_training", "evaluate_checkpoint", "evaluate_eval_set"]

@@ -130,10 +130,10 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            raise ValueError(
-                f"拒绝加载 {path!r}：文件里有张量之外的 pickle 对象（可能是恶意代码），"
-                f"weights_only=True 已阻止它执行。原始信息：{str(e).splitlines()[0]} / refused unsafe pickle"
-            ) from None
+            from .errors import describe_unsafe_pickle, unsafe_global  # [hardening] 不转述 weights_only=False 建议
+            if unsafe_global(e) is None:
+                raise ValueError(f"{path!r} 已损坏或不是 PyTorch 权重文件 / corrupt weights file") from None
+            raise ValueError(f"拒绝加载 {path!r}：{describe_unsafe_pickle(e)} / refused unsafe pickle") from None
     for wrapper in ("state_dict", "model"):  # 训练脚本常见的外壳：{"state_dict": {...}, "epoch": ...}
         if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
             sd = sd[wrapper]
@@ -184,6 +184,13 @@ def load_pretrained(path: str, device: str | torch.device = "cpu", quick_gelu: b
     from .data.transforms import eval_transform
 
     sd = read_state_dict(str(path))
+    from .fileinfo import build_from_config, looks_like_clipedu, refuse_unconfigured, stored_config
+    stored = stored_config(str(path))  # [hardening] clipedu 自己写的文件：照保存的配置建模型，不推断
+    if stored is not None:
+        model = build_from_config(stored, sd, str(path))
+        return model.to(device).eval(), eval_transform(stored.vision.image_size)
+    if looks_like_clipedu(sd):
+        raise refuse_unconfigured(str(path))
     config = infer_config(sd, quick_gelu=quick_gelu)
     model = CLIP(config)
     expected = model.state_dict()

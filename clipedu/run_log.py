@@ -32,13 +32,16 @@ def read_log(path: str | os.PathLike) -> list[dict]:
     p = Path(path)
     if not p.is_file():
         return records
-    for line in p.read_text(encoding="utf-8").splitlines():
+    # [hardening] 坏行只丢它自己：被杀时写了一半的末行、或中间被损坏的一行，都不影响其后的记录
+    for line in p.read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            break  # 进程被杀时写了一半的行
+            continue  # 只丢这一行：被杀时写了一半的行，或中间坏掉的行
+        if not isinstance(record, dict):
+            continue
         if "logit_scale" in record and "inv_temperature" not in record:
-            record["inv_temperature"] = record["logit_scale"]
+            record["inv_temperature"] = record["logit_scale"]  # 旧日志的键名
         records.append(record)
     return records
 

@@ -31,6 +31,7 @@ from .distributed import (all_reduce_mean, barrier, broadcast_flag, init_distrib
                           is_dist)
 from .loss import ClipLoss
 from .optim import build_optimizer, build_scheduler
+from .outdir import OutDirLock, check_resume_config
 from .precision import Precision, build_precision, prepare_model
 from .run_log import RunLogger
 from .sampler import batch_stream
@@ -69,17 +70,19 @@ def train(cfg: TrainConfig, train_dataset=None) -> list[dict]:
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"train 需要 TrainConfig，实际为 {type(cfg).__name__}")
+    cfg.validate()  # 构造之后被改坏的字段在这里拦住
     owns_group = not is_dist()  # 进程组由这里创建的，结束时也由这里销毁
-    state, dataset, resumed = build_state(cfg, train_dataset)
-    logger = RunLogger(cfg.out_dir, enabled=state.rank == 0,
-                       tensorboard=cfg.tensorboard,
-                       resume_step=state.step if resumed else None)
-    try:
-        return _loop(state, dataset, logger)
-    finally:
-        logger.close()
-        if owns_group and is_dist():
-            dist.destroy_process_group()
+    with OutDirLock(cfg.out_dir):  # 一个输出目录同一时间只属于一次训练（0 号进程持锁）
+        state, dataset, resumed = build_state(cfg, train_dataset)
+        logger = RunLogger(cfg.out_dir, enabled=state.rank == 0,
+                           tensorboard=cfg.tensorboard,
+                           resume_step=state.step if resumed else None)
+        try:
+            return _loop(state, dataset, logger)
+        finally:
+            logger.close()
+            if owns_group and is_dist():
+                dist.destroy_process_group()
 
 
 def _loop(state: TrainState, dataset, logger: RunLogger) -> list[dict]:
@@ -331,6 +334,8 @@ def build_state(cfg: TrainConfig, train_dataset=None) -> tuple[TrainState, Any, 
     device, rank, world_size = init_distributed(cfg.device)
     check_batch_layout(cfg, world_size)
     ckpt = load_resume_checkpoint(cfg.resume, cfg.out_dir)
+    if ckpt is not None:  # 另一个预设或形状的检查点被拒绝，并说出差异
+        check_resume_config(cfg, ckpt, cfg.resume)
     raw, tokenizer = build_model(cfg, ckpt)
     precision = build_precision(cfg.precision, device)
     raw = prepare_model(raw, precision)
