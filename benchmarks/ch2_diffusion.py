@@ -12,9 +12,9 @@ import torch
 
 import clipedu
 from clipedu.data import ShapesDataset
-from clipedu.diffusion import (DiffusionConfig, GaussianDiffusion, clip_to_pixels, generate_and_classify,
-                               pixels_to_clip, train_diffusion)
-from clipedu.unet import TinyUNet, UNetConfig
+from clipedu.labs.diffusion import (DiffusionConfig, GaussianDiffusion, clip_to_pixels, generate_and_classify,
+                                    pixels_to_clip, train_diffusion)
+from clipedu.labs.unet import TinyUNet, UNetConfig
 from ch2_fusion import device_name, train_shapes_clip, write_section
 
 

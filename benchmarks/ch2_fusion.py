@@ -16,10 +16,9 @@ from pathlib import Path
 import torch
 
 import clipedu
-from clipedu.data import ShapesVQADataset
 from clipedu.data.shapes import COLORS, SHAPES
-from clipedu.data.vqa import PAIRS
-from clipedu.fusion import FUSION_MODELS, FusionConfig, fit_classifier, num_params, predict, query_cost, vqa_tensors
+from clipedu.labs.vqa import PAIRS, ShapesVQADataset
+from clipedu.labs.fusion import FUSION_MODELS, FusionConfig, fit_classifier, num_params, predict, query_cost, vqa_tensors
 from clipedu.tokenizer import ChineseTokenizer
 
 RESULTS = Path(__file__).parent / "results" / "ch2.md"

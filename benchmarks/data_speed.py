@@ -12,7 +12,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-from clipedu.data import ShapesDataset, ShapesVQADataset  # noqa: E402
+from clipedu.data import ShapesDataset  # noqa: E402
+from clipedu.labs.vqa import ShapesVQADataset  # noqa: E402
 
 
 def bench(make, n: int) -> float:

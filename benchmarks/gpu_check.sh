@@ -44,12 +44,20 @@ step "torchrun + NCCL（1 进程）" \
     $PY -m torch.distributed.run --standalone --nproc_per_node=1 -m clipedu train --preset tiny-cpu \
         --device cuda --precision amp_bf16 --steps 40 --batch-size 128 --out "$RUNS/ddp" --no-progress --eval-size 0
 
-step "续训：40 步存档后从 latest 续到 80 步" bash -c "
-    $PY -m clipedu train --preset tiny-cpu --device cuda --steps 80 --batch-size 128 --save-every 40 \
-        --out $RUNS/resume --no-progress --eval-size 0 --time-budget 0.000001 ;
-    $PY -m clipedu train --preset tiny-cpu --device cuda --steps 80 --batch-size 128 --save-every 40 \
-        --out $RUNS/resume --no-progress --eval-size 0 --resume latest &&
-    $PY -c \"import json; rows=[json.loads(l) for l in open('$RUNS/resume/log.jsonl')]; print('steps logged', len(rows), 'last', rows[-1]['step'])\""
+step "续训：先训到 40 步（第 20 步存档），再从 latest 续到 80 步（第 60 步存档并轮换）" bash -c "
+    $PY -m clipedu train --preset tiny-cpu --device cuda --steps 40 --batch-size 128 --save-every 20 \
+        --keep-last 1 --out $RUNS/resume --no-progress --eval-size 0 &&
+    $PY -m clipedu train --preset tiny-cpu --device cuda --steps 80 --batch-size 128 --save-every 20 \
+        --keep-last 1 --out $RUNS/resume --no-progress --eval-size 0 --resume latest &&
+    $PY -c \"
+import json, os, torch
+rows = [json.loads(l) for l in open('$RUNS/resume/log.jsonl')]
+files = sorted(f for f in os.listdir('$RUNS/resume') if f.endswith('.pt'))
+step = torch.load('$RUNS/resume/last.pt', weights_only=True)['train_state']['step']
+print('logged steps', rows[0]['step'], '..', rows[-1]['step'], 'files', files, 'last.pt step', step)
+assert [r['step'] for r in rows] == list(range(1, 81)), 'log.jsonl 应连续记录 1..80 步'
+assert files == ['ckpt_step60.pt', 'last.pt'] and step == 80, '第 60 步的存档应保留、第 20 步的被轮换掉'
+\""
 
 step "吞吐：vit-b-32 bf16 batch 256 对 open_clip" \
     $PY benchmarks/train_throughput.py --preset vit-b-32 --batch-size 256 --precision bf16 --device cuda \

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from clipedu.config import TrainConfig, get_preset
-from clipedu.train import train
+from clipedu.trainer import train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -38,8 +38,8 @@ def plot_curve(history: list[dict], path: Path, title: str, final: dict | None =
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     axes[0].plot(steps, [r["loss"] for r in history])
     axes[0].set(title="训练损失（对称 InfoNCE）", xlabel="步数", ylabel="损失")
-    axes[1].plot(steps, [r["logit_scale"] for r in history], color="tab:orange")
-    axes[1].set(title="logit_scale = 1/τ", xlabel="步数")
+    axes[1].plot(steps, [r["inv_temperature"] for r in history], color="tab:orange")
+    axes[1].set(title="逆温度 1/τ", xlabel="步数")
     ev = [(r["step"], r["zero_shot_top1_heldout"]) for r in history if "zero_shot_top1_heldout" in r]
     if final is not None:  # 训练结束时的那次评估不在逐步记录里
         ev.append((final["steps"], final["zero_shot_top1_heldout"]))

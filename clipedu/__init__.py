@@ -22,15 +22,18 @@ _EXPORTS = {
     # 评估
     "zero_shot_classifier": "evaluate", "zero_shot_accuracy": "evaluate",
     "retrieval_metrics": "evaluate", "encode_dataset": "evaluate",
+    "encode_texts": "evaluate", "eval_mode": "evaluate",
+    "evaluate_shapes": "eval_tasks", "evaluate_classification": "eval_tasks",
+    "evaluate_retrieval": "eval_tasks",
     "TEMPLATES": "prompts", "SIMPLE_TEMPLATE": "prompts",
-    # 训练与检查点
-    "train": "train", "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
-    "load_model": "checkpoint",
+    # 训练与检查点（函数 train 在模块 trainer 里：包属性 clipedu.train 就是这个函数）
+    "train": "trainer", "save_checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint", "load_model": "checkpoint",
     # 预训练权重
     "load_pretrained": "pretrained", "english_tokenizer": "pretrained",
-    "load_cnclip": "cnclip_weights", "BertCLIP": "bert",
-    # 笔记本
-    "setup_notebook": "notebook",
+    "load_cnclip": "cnclip_weights", "BertTextTower": "bert",
+    # 笔记本与随机种子
+    "setup_notebook": "notebook", "seed_everything": "seeding",
 }
 
 __all__ = sorted(_EXPORTS) + ["data", "__version__"]
@@ -41,7 +44,7 @@ def __getattr__(name):
         value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value
         return value
-    if name in {"data", "exercises", "fusion", "diffusion", "viz", "distributed"}:
+    if name in {"data", "exercises", "labs", "distributed"}:
         return import_module(f".{name}", __name__)
     raise AttributeError(f"module 'clipedu' has no attribute {name!r}")
 

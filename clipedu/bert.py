@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .config import CLIPConfig, TextConfig
-from .model import CLIP, LayerNorm, QuickGELU, build_visual
+from .config import TextConfig
+from .model import LayerNorm, TextTransformer
 
 BERT_LN_EPS = 1e-12  # BERT 的 LayerNorm ε（OpenAI CLIP 用 PyTorch 默认的 1e-5）
 
@@ -169,41 +169,38 @@ class BertModel(nn.Module):
         return self.encoder(self.embeddings(tokens), keep)  # (B, L, width)
 
 
-class BertCLIP(CLIP):
-    """Chinese-CLIP：图像塔 ``visual`` + BERT 文本塔 ``bert`` + ``text_projection`` + ``logit_scale``。
+class BertTextTower(nn.Module):
+    """Chinese-CLIP 的文本塔：BERT 编码器 ``bert`` + 投影 ``text_projection``。
 
-    ``CLIP(config)`` 在 ``config.text.arch == "bert"`` 时返回本类，所以训练、评估与检查点代码不用改。
+    ``model.build_text`` 在 ``config.text.arch == "bert"`` 时建它；``CLIP`` 把子模块
+    ``bert`` 与参数 ``text_projection`` 挂到顶层，state_dict 的键名与 Chinese-CLIP 一致。
     """
 
-    def __init__(self, config: CLIPConfig):
-        nn.Module.__init__(self)  # 不建 CLIP 顶层的因果文本塔参数（token_embedding 等）
-        t = config.text
-        if t.context_length > t.max_positions:
-            raise ValueError(f"context_length={t.context_length} 超过 BERT 位置表的 {t.max_positions} 行")
-        self.config = config
-        self.context_length, self.vocab_size = t.context_length, t.vocab_size
-        self.visual = build_visual(config, QuickGELU if config.quick_gelu else nn.GELU)
-        self.visual.init_weights()
-        self.bert = BertModel(t)
-        self.text_projection = nn.Parameter(torch.empty(t.width, config.embed_dim))
-        nn.init.normal_(self.text_projection, std=t.width ** -0.5)
-        self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
-        self.image_size = config.vision.image_size
-        self.channels_last = False
+    def __init__(self, cfg: TextConfig, embed_dim: int):
+        super().__init__()
+        if cfg.context_length > cfg.max_positions:
+            raise ValueError(f"context_length={cfg.context_length} 超过 BERT 位置表的 "
+                             f"{cfg.max_positions} 行 / context longer than max_positions")
+        self.context_length, self.vocab_size = cfg.context_length, cfg.vocab_size
+        self.bert = BertModel(cfg)
+        self.text_projection = nn.Parameter(torch.empty(cfg.width, embed_dim))
+        nn.init.normal_(self.text_projection, std=cfg.width ** -0.5)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.bert.embeddings.word_embeddings.weight.dtype
+    # 输入检查与因果塔相同（类型、dtype、形状、长度）
+    check_tokens = TextTransformer.check_tokens
 
-    def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """词元 [B, L] → 特征 [B, embed_dim]：取 [CLS]（位置 0）的隐藏状态再投影。"""
         self.check_tokens(tokens)
-        x = self.bert(tokens)[:, 0] @ self.text_projection  # (B, embed_dim)
-        return F.normalize(x, dim=-1) if normalize else x
+        return self.bert(tokens)[:, 0] @ self.text_projection  # (B, embed_dim)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.bert.encoder.grad_checkpointing = enable
-        self.visual.set_grad_checkpointing(enable)
 
 
-__all__ = ["BertEmbeddings", "BertLayer", "BertModel", "BertCLIP"]
+def is_bert_clip(model: nn.Module) -> bool:
+    """模型是不是 BERT 文本塔的 CLIP（Chinese-CLIP 结构）。"""
+    return isinstance(getattr(model, "text_tower", None), BertTextTower)
+
+
+__all__ = ["BertEmbeddings", "BertLayer", "BertModel", "BertTextTower", "is_bert_clip"]

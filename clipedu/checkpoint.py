@@ -1,35 +1,117 @@
-"""检查点：原子写入、安全读取（weights_only）、轮换与完整恢复（见第 5 章 sec-code-checkpoint）。
+"""检查点：内容、原子写入、安全读取、轮换、找最新与续训（第 5 章 sec-code-checkpoint）。
 
-检查点是一个只含张量与纯 Python 数据的字典::
+训练检查点是一个只含张量与纯 Python 数据的字典::
 
     {"format": "clipedu-checkpoint", "version": 1,
      "model": state_dict, "tokenizer": {...}, "config": CLIPConfig.to_dict(),
-     "train_config": {...}, "train_state": {"step", "samples_seen", "optimizer", "scheduler",
-                                            "scaler", "rng", "world_size"}}
+     "train_config": {...},
+     "train_state": {"step", "samples_seen", "optimizer", "scheduler", "scaler",
+                     "rng", "world_size", "bad_samples"}}
 
 因为里面没有任意 Python 对象，所以总能用 ``torch.load(..., weights_only=True)`` 读回；
 带 pickle 代码的文件会在读取时被拒绝，代码不会执行。
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import random
 import re
+import sys
+import zipfile
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
+from .distributed import all_gather_objects
+from .errors import describe_unsafe_pickle, unsafe_global
+from .seeding import rank_seed, seed_everything
+
 FORMAT = "clipedu-checkpoint"
 VERSION = 1
 _STEP_RE = re.compile(r"^ckpt_step(\d+)\.pt$")
 
 
+# ---------------------------------------------------------------- 内容
+def training_checkpoint(state) -> dict:
+    """训练状态 ``state``（``trainer.TrainState``）→ 检查点字典。
+
+    所有进程都要调用：要收集各进程的随机数状态（续训后每个进程的数据增强接着原样走）。
+    """
+    scaler = state.precision.scaler
+    return {
+        "format": FORMAT, "version": VERSION,
+        "model": state.raw_model.state_dict(),
+        "tokenizer": state.tokenizer.state_dict(),
+        "config": state.model_config.to_dict(),
+        "train_config": dataclasses.asdict(state.cfg),
+        "train_state": {
+            "step": state.step, "samples_seen": state.samples_seen,
+            "optimizer": state.optimizer.state_dict(),
+            "scheduler": state.scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": all_gather_objects(rng_state()), "world_size": state.world_size,
+            "bad_samples": state.bad.to_dict(),
+        },
+    }
+
+
+def save_training_checkpoint(state, final: bool) -> None:
+    """保存 ``ckpt_step{N}.pt`` 并轮换，或最终的 ``last.pt``；只有 0 号进程写文件。"""
+    obj = training_checkpoint(state)
+    if state.rank == 0:
+        out = Path(state.cfg.out_dir)
+        name = "last.pt" if final else f"ckpt_step{state.step}.pt"
+        save_checkpoint(obj, out / name)
+        if not final:
+            rotate_checkpoints(out, state.cfg.keep_last)
+
+
+def restore_training_state(state, ckpt: dict) -> None:
+    """恢复模型、优化器、日程、GradScaler、步数、数据位置、坏样本计数与随机数状态。"""
+    ts = ckpt["train_state"]
+    load_state_dict_checked(state.raw_model, ckpt["model"])
+    state.optimizer.load_state_dict(ts["optimizer"])
+    state.scheduler.load_state_dict(ts["scheduler"])
+    if state.precision.scaler is not None and ts.get("scaler"):
+        state.precision.scaler.load_state_dict(ts["scaler"])
+    state.step, state.samples_seen = int(ts["step"]), int(ts["samples_seen"])
+    if ts.get("bad_samples"):
+        state.bad.seen = int(ts["bad_samples"]["seen"])
+        state.bad.counts.update(ts["bad_samples"]["by_reason"])
+    rngs = ts.get("rng") or []
+    if int(ts.get("world_size", 1)) == state.world_size and state.rank < len(rngs):
+        set_rng_state(rngs[state.rank])
+    else:  # 进程数变了：旧的随机数状态对不上，改用由种子与步数派生的新状态
+        seed_everything(rank_seed(state.cfg.seed + state.step, state.rank))
+
+
+def load_resume_checkpoint(resume: Optional[str], out_dir) -> Optional[dict]:
+    """``--resume latest`` 取 out_dir 里最新的检查点（没有就返回 None，从头训练）；
+    ``--resume PATH`` 必须存在且是可续训的 clipedu 检查点。"""
+    if not resume:
+        return None
+    if resume == "latest":
+        path = find_latest(out_dir)
+        if path is None:
+            print(f"[clipedu] --resume latest：{out_dir} 里还没有检查点，从头开始训练")
+            return None
+    else:
+        path = Path(resume)
+    ckpt = load_checkpoint(path)
+    if ckpt.get("format") != FORMAT or "train_state" not in ckpt:
+        raise ValueError(f"{path} 不是可续训的 clipedu 检查点（缺少 train_state）；"
+                         f"微调请用 --init-from / not a resumable checkpoint")
+    return ckpt
+
+
 # ---------------------------------------------------------------- 写入
 def _fsync_dir(directory: Path) -> None:
-    """rename 之后目录项也要落盘，否则断电后可能“文件回到旧版本”。Windows 上没有目录 fsync。"""
+    """rename 之后目录项也要落盘，否则断电后可能“文件回到旧版本”。
+    Windows 上没有目录 fsync。"""
     if os.name == "nt":
         return
     fd = os.open(directory, os.O_RDONLY)
@@ -60,55 +142,101 @@ def save_checkpoint(obj: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+def _step_checkpoints(out_dir) -> list[tuple[int, Path]]:
+    """``ckpt_step{N}.pt`` 按 N 从小到大排好。"""
+    found = ((m, p) for p in Path(out_dir).glob("ckpt_step*.pt")
+             if (m := _STEP_RE.match(p.name)))
+    return sorted((int(m.group(1)), p) for m, p in found)
+
+
 def rotate_checkpoints(out_dir: str | os.PathLike, keep_last: int) -> list[Path]:
-    """只保留最近 keep_last 个 ``ckpt_step{N}.pt``（last.pt 不动），返回被删除的文件。"""
+    """只保留最近 keep_last 个 ``ckpt_step{N}.pt``（last.pt 不动），返回删掉的文件。"""
     if keep_last <= 0:
         return []
-    found = sorted(
-        (int(m.group(1)), p) for p in Path(out_dir).glob("ckpt_step*.pt") if (m := _STEP_RE.match(p.name))
-    )
-    removed = [p for _, p in found[:-keep_last]]
+    removed = [p for _, p in _step_checkpoints(out_dir)[:-keep_last]]
     for p in removed:
         p.unlink(missing_ok=True)
     return removed
 
 
+def find_latest(out_dir: str | os.PathLike) -> Optional[Path]:
+    """``--resume latest``：只看文件名与文件尾，不读张量。
+
+    ``ckpt_step{N}.pt`` 里 N 最大的那个；``last.pt`` 只在一次运行结束时写，比它早写的
+    按步检查点都不比它新，所以它不早于那个文件时取 ``last.pt``。
+    ``torch.save`` 写的是 zip，结尾有中央目录：被截断或写坏的文件没有它，跳过。
+    """
+    out_dir = Path(out_dir)
+    steps = []
+    for _, p in _step_checkpoints(out_dir):
+        if zipfile.is_zipfile(p):
+            steps.append(p)
+        else:
+            _announce_skip(p)
+    best = steps[-1] if steps else None
+    last = out_dir / "last.pt"
+    if last.is_file() and not zipfile.is_zipfile(last):
+        _announce_skip(last)
+    elif last.is_file():
+        if best is None or last.stat().st_mtime_ns >= best.stat().st_mtime_ns:
+            best = last
+    return best
+
+
+def _announce_skip(path: Path) -> None:
+    """退回更早的检查点时要说出来：用户得知道最新的那个坏了。"""
+    print(f"[clipedu] 跳过无法读取的检查点 {path}（被截断或写坏），改用更早的检查点"
+          " / skipping unreadable checkpoint", file=sys.stderr, flush=True)
+
+
 # ---------------------------------------------------------------- 读取
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """安全读取检查点（``weights_only=True``）；缺失、截断、损坏或含 pickle 代码都给出清楚的错误。"""
+    """安全读取检查点（``weights_only=True``）。
+
+    缺失、截断、损坏或含 pickle 代码的文件都给出清楚的中文错误，代码不会执行。
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"找不到检查点文件：{path}；请检查路径，或用 --resume latest / checkpoint not found")
+        raise FileNotFoundError(f"找不到检查点文件：{path}；请检查路径，或用 "
+                                f"--resume latest / checkpoint not found")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):  # 乱码文件也会抛 UnpicklingError（invalid load key）
-            raise ValueError(f"检查点 {path} 已损坏或不是 PyTorch 文件（{str(e)[:120]}）/ corrupt checkpoint") from None
+        # 乱码、截断的文件也会抛 UnpicklingError（invalid load key）：与恶意载荷分开说
+        if unsafe_global(e) is None:
+            raise ValueError(f"检查点 {path} 已损坏或不是 PyTorch 文件；请改用上一个"
+                             "检查点（ckpt_step*.pt）/ corrupt checkpoint") from None
         # weights_only 模式拒绝任何非白名单的全局对象：这正是恶意 __reduce__ 载荷的样子
-        raise ValueError(
-            f"拒绝加载 {path}：文件里含有张量与基本类型之外的 Python 对象（可能是恶意 pickle 载荷），"
-            f"weights_only=True 不允许执行它。只加载你信任来源的检查点。/ refused unsafe checkpoint: {e}"
-        ) from None
+        raise ValueError(f"拒绝加载检查点 {path}：{describe_unsafe_pickle(e)}"
+                         " / refused unsafe checkpoint") from None
     except Exception as e:  # noqa: BLE001  截断/乱码文件会从 zip、pickle 各层抛出各种异常
         raise ValueError(
             f"检查点 {path} 已损坏或被截断（{type(e).__name__}: {str(e)[:120]}）；"
             f"请改用上一个检查点（ckpt_step*.pt）/ corrupt or truncated checkpoint"
         ) from None
     if not isinstance(obj, dict):
-        raise ValueError(f"{path} 不是 clipedu 检查点：顶层应为 dict，实际为 {type(obj).__name__}")
+        raise ValueError(f"{path} 不是 clipedu 检查点：顶层应为 dict，"
+                         f"实际为 {type(obj).__name__}")
     return obj
 
 
 def _require_clipedu(ckpt: dict, path) -> None:
-    if ckpt.get("format") != FORMAT or "model" not in ckpt or "config" not in ckpt:
+    needed = ("model", "config", "tokenizer")
+    if ckpt.get("format") != FORMAT or any(k not in ckpt for k in needed):
         raise ValueError(
-            f"{path} 不是 clipedu 训练检查点（缺少 format/model/config 字段，实际字段为 {sorted(ckpt)[:8]}）；"
-            f"OpenAI/open_clip 权重请用 clipedu.load_pretrained"
+            f"{path} 不是 clipedu 训练检查点（缺少 format/model/config/tokenizer 字段，"
+            f"实际字段为 {sorted(ckpt)[:8]}）；OpenAI/open_clip 权重请用 "
+            f"clipedu.load_pretrained"
         )
 
 
-def load_state_dict_checked(model: torch.nn.Module, state: dict, strict: bool = True) -> None:
-    """把 state 载入模型；键或形状不一致时列出具体的键与形状，而不是 PyTorch 的长串报错。"""
+def _listed(items: list[str], sep: str = ", ") -> str:
+    return sep.join(items[:10]) + (" …" if len(items) > 10 else "")
+
+
+def load_state_dict_checked(model: torch.nn.Module, state: dict,
+                            strict: bool = True) -> None:
+    """把 state 载入模型；键或形状不一致时列出具体的键与形状（而不是一长串报错）。"""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -119,48 +247,38 @@ def load_state_dict_checked(model: torch.nn.Module, state: dict, strict: bool = 
     ]
     problems = []
     if shape_bad:
-        problems.append("形状不一致：" + "; ".join(shape_bad[:10]) + (" …" if len(shape_bad) > 10 else ""))
+        problems.append("形状不一致：" + _listed(shape_bad, "; "))
     if strict and missing:
-        problems.append("模型有而检查点缺少的键：" + ", ".join(missing[:10]) + (" …" if len(missing) > 10 else ""))
+        problems.append("模型有而检查点缺少的键：" + _listed(missing))
     if strict and unexpected:
-        problems.append("检查点多出的键：" + ", ".join(unexpected[:10]) + (" …" if len(unexpected) > 10 else ""))
+        problems.append("检查点多出的键：" + _listed(unexpected))
     if problems:
         raise ValueError(
-            "检查点与模型配置不匹配（是否用另一个预设/配置训练的？）/ checkpoint does not match config:\n  "
-            + "\n  ".join(problems)
+            "检查点与模型配置不匹配（是否用另一个预设/配置训练的？）"
+            "/ checkpoint does not match config:\n  " + "\n  ".join(problems)
         )
     model.load_state_dict(state, strict=strict)
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """从 clipedu 检查点重建 ``(CLIP, 分词器)``，模型处于 eval 模式；分词器是训练时保存的那个。"""
+    """从 clipedu 检查点重建 ``(CLIP, 分词器)``，模型处于 eval 模式。
+
+    分词器是训练时保存的那个（ChineseTokenizer 或 BertChineseTokenizer）。"""
+    from .bert_tokenizer import tokenizer_from_state_dict
     from .config import CLIPConfig
     from .model import CLIP
-    from .bert_tokenizer import tokenizer_from_state_dict
 
     ckpt = load_checkpoint(path)
     _require_clipedu(ckpt, path)
     model = CLIP(CLIPConfig.from_dict(ckpt["config"]))
     load_state_dict_checked(model, ckpt["model"])
-    tokenizer = tokenizer_from_state_dict(ckpt["tokenizer"])  # ChineseTokenizer 或 BertChineseTokenizer
+    tokenizer = tokenizer_from_state_dict(ckpt["tokenizer"])
     return model.to(device).eval(), tokenizer
 
 
-def find_latest(out_dir: str | os.PathLike) -> Optional[Path]:
-    """``--resume latest``：取步数最大的检查点（last.pt 与 ckpt_step*.pt 中 step 最大者）。"""
-    out_dir = Path(out_dir)
-    candidates = [p for p in out_dir.glob("ckpt_step*.pt") if _STEP_RE.match(p.name)]
-    if (out_dir / "last.pt").is_file():
-        candidates.append(out_dir / "last.pt")
-    best, best_step = None, -1
-    for p in candidates:
-        try:
-            step = int(load_checkpoint(p).get("train_state", {}).get("step", -1))
-        except ValueError:
-            continue  # 损坏的文件跳过，退回更早的检查点
-        if step > best_step:
-            best, best_step = p, step
-    return best
+def is_clipedu_checkpoint(ckpt: dict) -> bool:
+    """字典是不是 clipedu 写的检查点（而不是 OpenAI/open_clip 的 state dict）。"""
+    return ckpt.get("format") == FORMAT
 
 
 # ---------------------------------------------------------------- 随机数状态
@@ -169,7 +287,8 @@ def rng_state() -> dict:
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]),
+                  float(np_state[4])],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -182,7 +301,8 @@ def set_rng_state(state: dict) -> None:
     v, internal, gauss = state["python"]
     random.setstate((v, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    keys = np.asarray(keys, dtype=np.uint32)
+    np.random.set_state((name, keys, pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -15,7 +15,8 @@ from typing import Optional, Sequence
 
 # (旗标, TrainConfig 字段, 类型, 帮助)；默认值一律取 TrainConfig 的，命令行只覆盖给出的项
 _TRAIN_FLAGS = [
-    ("--preset", "preset", str, "模型预设：tiny-cpu | small | rn50 | vit-b-32 | vit-b-16 | cn-clip-rn50 | cn-clip-vit-b-16 | …"),
+    ("--preset", "preset", str, "模型预设：tiny-cpu | small | rn50 | vit-b-32 | vit-b-16"
+     " | cn-clip-rn50 | cn-clip-vit-b-16 | …"),
     ("--out", "out_dir", str, "输出目录（last.pt、metrics.json、log.jsonl）；默认 runs/<preset>"),
     ("--steps", "steps", int, "优化器步数"),
     ("--time-budget", "time_budget", float, "训练时间上限（秒），到时保存并停止"),
@@ -42,6 +43,10 @@ _TRAIN_FLAGS = [
     ("--init-from", "init_from", str, "从检查点或预训练权重初始化（微调）"),
     ("--head-lr-mult", "head_lr_mult", float, "投影头与 logit_scale 的学习率倍数"),
     ("--image-lr-mult", "image_lr_mult", float, "图像塔（投影头除外）的学习率倍数，如 0.1"),
+    ("--csv-img-key", "csv_img_key", str, "--dataset csv：图像路径列名（默认 filepath）"),
+    ("--csv-caption-key", "csv_caption_key", str, "--dataset csv：文本列名（默认 title）"),
+    ("--csv-separator", "csv_separator", str, "--dataset csv：分隔符；默认按扩展名（.csv 逗号，.tsv 制表符）"),
+    ("--encoding", "encoding", str, "--dataset csv：表格编码，如 gb18030（GBK 文件）"),
 ]
 # (旗标, 字段, 设成的值, 帮助)
 _SWITCHES = [
@@ -56,37 +61,105 @@ _SWITCHES = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """参数错误也是一行中文说明（带英文关键词），退出码 2，不打印整页用法。"""
+
+    def error(self, message: str):
+        self.exit(2, f"错误：命令行参数有误：{message}（运行 {self.prog} -h 查看用法） / usage error\n")
+
+
+def _finite_float(text: str) -> float:
+    """浮点旗标拒绝 nan、inf；范围由 TrainConfig.validate 检查。"""
+    import math
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"应为有限实数，实际为 {text!r}")
+    return value
+
+
+_finite_float.__name__ = "float"
+
+
+def _device(text: str) -> str:
+    from .config import parse_device
+    try:
+        return parse_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _regular_file(text: str) -> str:
+    """检查点、权重这类文件旗标：必须是已存在的普通文件（FIFO、设备会让读取永远阻塞）。"""
+    import os
+    if text == "latest":  # --resume latest
+        return text
+    path = os.path.expanduser(text)
+    if os.path.exists(path) and not os.path.isfile(path):  # 不存在的文件交给载入函数，它的说明更具体
+        raise argparse.ArgumentTypeError(f"{text} 不是普通文件（目录、FIFO 或设备）")
+    return text
+
+
+_regular_file.__name__ = "file"
+
+
+def _nonneg_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"应为 ≥ 0 的整数，实际为 {text!r}")
+    return value
+
+
+_nonneg_int.__name__ = "int"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"应为正整数，实际为 {text!r}")
+    return value
+
+
+_positive_int.__name__ = "int"
+
+
 def _add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="训练 CLIP", argument_default=argparse.SUPPRESS)
     for flag, dest, typ, help_ in _TRAIN_FLAGS:
-        p.add_argument(flag, dest=dest, type=typ, help=help_)
+        if dest in ("init_from", "resume"):
+            typ = _regular_file
+        p.add_argument(flag, dest=dest, type=_finite_float if typ is float else typ, help=help_)
     for flag, dest, value, help_ in _SWITCHES:
         p.add_argument(flag, dest=dest, action="store_const", const=value, help=help_)
+    p.add_argument("--overwrite", dest="overwrite", action="store_true",
+                   help="--out 里已有一次训练时，删除它的检查点与日志，从头开始（默认拒绝）")
     p.set_defaults(func=_cmd_train)
 
 
 def _add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="评估检查点（零样本与检索）")
-    p.add_argument("--checkpoint", required=True, help="clipedu 检查点（.pt），或 Chinese-CLIP 权重（.pt/.safetensors）")
+    p.add_argument("--checkpoint", required=True, type=_regular_file,
+                   help="clipedu 检查点（.pt），或 Chinese-CLIP 权重（.pt/.safetensors）")
     p.add_argument("--json", action="store_true", help="只打印一个 JSON 对象")
-    p.add_argument("--dataset", default="shapes",
+    p.add_argument("--dataset", default="shapes", choices=("shapes", "imagefolder", "cifar10", "cifar100", "cn-clip"),
                    help="shapes（默认）| imagefolder | cifar10 | cifar100 | cn-clip（后四个需要 --root）")
     p.add_argument("--root", default=None, help="评估数据集的本地目录")
-    p.add_argument("--eval-size", type=int, default=1000, help="shapes 评估的样本数")
-    p.add_argument("--seed", type=int, default=0, help="shapes 评估数据的种子")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--eval-size", type=_positive_int, default=1000, help="shapes 评估的样本数")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="shapes 评估数据的种子")
+    p.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda")
+    p.add_argument("--max-bad-fraction", type=_finite_float, default=0.01, help="坏样本比例上限（真实数据集）")
+    p.add_argument("--strict", action="store_true", help="遇到第一个坏样本就报错")
     p.set_defaults(func=_cmd_eval)
 
 
 def _add_data_parser(sub, full: bool) -> None:
-    """``python -m clipedu data ...`` 由 clipedu.data.eval_sets 提供；只在用到时才导入它。"""
+    """``python -m clipedu data ...`` 由 clipedu.data.shard 提供；只在用到时才导入它。"""
     if not full:
         sub.add_parser("data", help="数据工具：把图文数据打成 WebDataset 分片等（python -m clipedu data -h）")
         return
     try:
-        from .data.eval_sets import add_shard_parser
+        from .data.shard import add_shard_parser
     except ImportError as e:
-        p = sub.add_parser("data", help="数据工具（需要 clipedu.data.eval_sets）")
+        p = sub.add_parser("data", help="数据工具（需要 clipedu.data.shard）")
         p.set_defaults(func=lambda args: _fail(f"data 子命令不可用：{e}"))
         return
     p = sub.add_parser("data", help="数据工具：把图文数据打成 WebDataset 分片等")
@@ -94,11 +167,13 @@ def _add_data_parser(sub, full: bool) -> None:
 
 
 def build_parser(with_data: bool = False) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m clipedu", description="clipedu：CLIP 教学实现的命令行")
+    parser = _Parser(prog="python -m clipedu", description="clipedu：CLIP 教学实现的命令行")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(sub)
     _add_eval_parser(sub)
     _add_data_parser(sub, with_data)
+    from .search.cli import add_parsers as _add_search_parsers  # index / serve / export（见第 6 章 sec-service）
+    _add_search_parsers(sub)
     return parser
 
 
@@ -106,57 +181,51 @@ def config_from_args(args: argparse.Namespace):
     """命令行里给出的项覆盖 TrainConfig 的默认值。"""
     from .config import TrainConfig
 
-    overrides = {k: v for k, v in vars(args).items() if k not in {"func", "command"}}
+    overrides = {k: v for k, v in vars(args).items() if k not in {"func", "command", "overwrite"}}
     overrides.setdefault("out_dir", f"runs/{overrides.get('preset', TrainConfig.preset)}")
     return TrainConfig(**overrides)
 
 
-def _cmd_train(args) -> int:
-    from .train import train
+def _check_flag_combinations(given: dict) -> None:
+    """给出了却不会起作用的旗标：报错，而不是悄悄忽略（用户以为它生效了）。"""
+    from .errors import UsageError
 
+    dataset = given.get("dataset", "shapes")
+    csv_flags = [f for f in ("csv_img_key", "csv_caption_key", "csv_separator", "encoding") if f in given]
+    problems = []
+    if csv_flags and dataset != "csv":
+        problems.append(f"{', '.join('--' + f.replace('_', '-') for f in csv_flags)} 只用于 --dataset csv")
+    if "max_objects" in given and dataset != "shapes":
+        problems.append("--max-objects 只用于 --dataset shapes")
+    if "data_path" in given and dataset in ("shapes", "digits"):
+        problems.append(f"--dataset {dataset} 是内置数据，不读 --data-path")
+    if "init_from" in given and "preset" in given:
+        problems.append("--init-from 的模型结构来自那个文件，--preset 不起作用")
+    if problems:
+        raise UsageError("；".join(problems) + "。请去掉不起作用的旗标 / flag has no effect")
+
+
+def _cmd_train(args) -> int:
+    from .outdir import OutDirLock, check_out_dir_unused
+    from .trainer import train
+
+    _check_flag_combinations(vars(args))
     cfg = config_from_args(args)
-    history = train(cfg)
+    with OutDirLock(cfg.out_dir) as lock:  # 先持锁再检查：别的进程不能在检查之后抢进来
+        if lock.enabled:
+            check_out_dir_unused(cfg.out_dir, cfg.resume, getattr(args, "overwrite", False))
+        history = train(cfg)
     if history:
         print(f"完成 {history[-1]['step']} 步，最终损失 {history[-1]['loss']:.4f}；输出在 {cfg.out_dir}")
     return 0
 
 
-def evaluate_checkpoint(path: str, dataset: str = "shapes", root: Optional[str] = None, eval_size: int = 1000,
-                        seed: int = 0, device: str = "auto") -> dict:
-    """eval 子命令的实现：载入检查点，在 shapes（或 eval_sets 里的数据集）上评估。"""
-    from .shapes_eval import evaluate_classification, evaluate_shapes
-    from .train_setup import resolve_device
-
-    model, tokenizer = _load_for_eval(path, resolve_device(device))
-    if dataset == "shapes":
-        metrics = evaluate_shapes(model, tokenizer, size=eval_size, seed=seed)
-    else:
-        from .data.eval_sets import build_eval_dataset, evaluate_retrieval
-        ds, classnames, templates = build_eval_dataset(dataset, root, model.config.vision.image_size)
-        if classnames is None:  # 图文检索集（如 cn-clip）没有类别
-            metrics = evaluate_retrieval(model, tokenizer, ds)
-        else:
-            metrics = evaluate_classification(model, tokenizer, ds, classnames, templates)
-    return {"checkpoint": str(path), "dataset": dataset, **metrics}
-
-
-def _load_for_eval(path: str, device):
-    """clipedu 检查点用 load_model；Chinese-CLIP 的原始权重用 load_pretrained，配它自己的 BERT 分词器。"""
-    from .checkpoint import FORMAT, load_checkpoint, load_model
-
-    if not str(path).endswith(".safetensors") and load_checkpoint(path).get("format") == FORMAT:
-        return load_model(path, device=device)
-    from .bert_tokenizer import BertChineseTokenizer
-    from .pretrained import load_pretrained
-    model, _ = load_pretrained(path, device=device)
-    if model.config.text.arch != "bert":
-        raise ValueError(f"{path} 是 OpenAI/open_clip 的英文权重，eval 的中文类名与模板不适用；"
-                         f"请先用 train --init-from 微调成 clipedu 检查点 / English weights")
-    return model, BertChineseTokenizer(context_length=model.config.text.context_length)
-
-
 def _cmd_eval(args) -> int:
-    metrics = evaluate_checkpoint(args.checkpoint, args.dataset, args.root, args.eval_size, args.seed, args.device)
+    from .eval_tasks import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(args.checkpoint, args.dataset, args.root, args.eval_size,
+                                  args.seed, args.device, args.strict,
+                                  args.max_bad_fraction)
     if args.json:
         print(json.dumps(metrics, ensure_ascii=False))
     else:
@@ -171,13 +240,18 @@ def _fail(message: str) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """命令行入口。任何错误都只打印一行中文说明（映射见 clipedu.errors）：用法错误退出码 2，
+    运行失败 1，Ctrl-C 130；参数解析错误由 argparse 以退出码 2 结束。"""
+    from .errors import report
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(with_data=bool(argv) and argv[0] == "data").parse_args(argv)
     try:
+        args = build_parser(with_data=bool(argv) and argv[0] == "data").parse_args(argv)
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as e:
-        # 用户能改正的错误：只打印中文说明，不打印长长的调用栈
-        return _fail(str(e))
+    except SystemExit:
+        raise
+    except BaseException as e:  # noqa: BLE001  包括 KeyboardInterrupt：同样一行说明，不打印调用栈
+        return report(e)
 
 
 if __name__ == "__main__":

@@ -156,7 +156,7 @@ def cnclip_transform(image_size: int) -> T.Compose:
 
 
 def cnclip_from_state_dict(sd: dict, device: str | torch.device = "cpu"):
-    """state dict → ``(BertCLIP, preprocess)``；键或形状与推断出的结构不符时列出具体的键。"""
+    """state dict → ``(CLIP, preprocess)``（BERT 文本塔）；键或形状与推断出的结构不符时列出具体的键。"""
     from .model import CLIP
 
     sd = normalize_keys(sd)

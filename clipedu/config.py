@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Optional
 
@@ -189,9 +190,120 @@ class TrainConfig:
     progress: bool = True                    # 显示 tqdm 进度条
     strict: bool = False                     # 真实数据：遇到第一个坏样本即报错
     max_bad_fraction: float = 0.01           # 真实数据：坏样本比例超过它就停止
+    # ---- CSV/TSV 数据（--dataset csv），与 data shard 的同名旗标一致 ----
+    csv_img_key: str = "filepath"            # 图像路径列名
+    csv_caption_key: str = "title"           # 文本列名
+    csv_separator: Optional[str] = None      # 分隔符；None 表示按扩展名（.csv 逗号，.tsv 制表符）
+    encoding: str = "utf-8"                  # 表格文件的编码，如 GBK 文件用 "gb18030"
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> "TrainConfig":
+        """检查每个字段的类型与取值范围；不合法时抛 UsageError，说明是哪个字段（命令行旗标）。
+
+        构造与 ``replace`` 时自动调用；训练开始前再调用一次，拦住构造后被改坏的字段。
+        """
+        validate_train_config(self)
+        return self
 
     def model_config(self) -> CLIPConfig:
         return self.model if self.model is not None else get_preset(self.preset)
+
+
+TRAIN_DATASETS = ("shapes", "digits", "csv", "cn-clip", "wds")
+PRECISION_NAMES = ("fp32", "bf16", "fp16", "amp_bf16", "amp_fp16")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _bad(name: str, value, expected: str):
+    from .errors import UsageError
+    return UsageError(f"{_flag(name)}（TrainConfig.{name}）应为{expected}，实际为 {value!r} / invalid value for {_flag(name)}")
+
+
+def _check_int(cfg, name: str, low: int, high: Optional[int] = None) -> None:
+    v = getattr(cfg, name)
+    if not isinstance(v, int) or isinstance(v, bool) or v < low or (high is not None and v > high):
+        rng = f"[{low}, {high}] 内的整数" if high is not None else f"≥ {low} 的整数"
+        raise _bad(name, v, " " + rng)
+
+
+def _check_float(cfg, name: str, low: float, high: float = math.inf, low_open: bool = False,
+                 optional: bool = False) -> None:
+    v = getattr(cfg, name)
+    if optional and v is None:
+        return
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    ok = ok and (v > low if low_open else v >= low) and v <= high
+    if not ok:
+        rng = (f"{'>' if low_open else '≥'} {low:g} 的有限实数" if not math.isfinite(high) else
+               f"{'(' if low_open else '['}{low:g}, {high:g}] 内的实数")
+        raise _bad(name, v, " " + rng + ("（或不设）" if optional else ""))
+
+
+def parse_device(name) -> str:
+    """设备名只能是 auto、cpu、cuda 或 cuda:N；其余（tpu、mps…）本库不支持。"""
+    if isinstance(name, str) and (name in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", name)):
+        return name
+    from .errors import UsageError
+    raise UsageError(f"--device 应为 auto、cpu、cuda 或 cuda:N，实际为 {name!r}；本库不支持其他设备 / unsupported device")
+
+
+def check_encoding(name) -> str:
+    """编码名必须是 Python 认识的文本编码，如 utf-8、gb18030。"""
+    import codecs
+    from .errors import UsageError
+    try:
+        if not isinstance(name, str) or not codecs.lookup(name)._is_text_encoding:
+            raise LookupError(name)
+    except LookupError:
+        raise UsageError(f"--encoding：未知的文本编码 {name!r}；常用的有 utf-8、gb18030 / unknown encoding") from None
+    return name
+
+
+def validate_train_config(cfg: "TrainConfig") -> None:
+    from .errors import UsageError
+
+    if cfg.model is None and cfg.preset not in PRESETS:
+        raise UsageError(f"未知预设 {cfg.preset!r}；可选：{', '.join(PRESETS)} / unknown preset")
+    if cfg.model is not None and not isinstance(cfg.model, CLIPConfig):
+        raise UsageError(f"TrainConfig.model 应为 CLIPConfig，实际为 {type(cfg.model).__name__}")
+    if cfg.dataset not in TRAIN_DATASETS:
+        raise UsageError(f"未知数据集 {cfg.dataset!r}；--dataset 可选：{', '.join(TRAIN_DATASETS)} / unknown dataset")
+    if cfg.precision not in PRECISION_NAMES:
+        raise UsageError(f"未知精度 {cfg.precision!r}；--precision 可选：{', '.join(PRECISION_NAMES)} / unknown precision")
+    parse_device(cfg.device)
+    for name, low, high in (("steps", 1, None), ("batch_size", 1, None), ("accum_steps", 1, None),
+                            ("warmup_steps", 0, None), ("seed", 0, None), ("max_objects", 1, 3),
+                            ("num_workers", 0, None), ("save_every", 0, None), ("keep_last", 0, None),
+                            ("eval_every", 0, None), ("eval_size", 0, None), ("log_every", 1, None)):
+        _check_int(cfg, name, low, high)
+    _check_float(cfg, "lr", 0.0)  # 0 也合法：测试与对照实验里用它检查初始化
+    _check_float(cfg, "weight_decay", 0.0)
+    _check_float(cfg, "eps", 0.0, low_open=True)
+    _check_float(cfg, "head_lr_mult", 0.0)
+    _check_float(cfg, "image_lr_mult", 0.0)
+    _check_float(cfg, "max_bad_fraction", 0.0, 1.0)
+    _check_float(cfg, "time_budget", 0.0, optional=True)  # 0：训练一步就停（测试用）
+    _check_float(cfg, "grad_clip", 0.0, low_open=True, optional=True)
+    betas = tuple(cfg.betas) if isinstance(cfg.betas, (tuple, list)) else ()
+    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
+        raise UsageError(f"TrainConfig.betas 应为两个 [0, 1) 内的数，实际为 {cfg.betas!r} / invalid betas")
+    for name in ("grad_checkpointing", "compile", "local_loss", "gather_with_grad", "lock_image",
+                 "tensorboard", "progress", "strict"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise _bad(name, getattr(cfg, name), " True 或 False")
+    for name in ("out_dir", "csv_img_key", "csv_caption_key"):
+        if not isinstance(getattr(cfg, name), str) or not getattr(cfg, name):
+            raise _bad(name, getattr(cfg, name), "非空字符串")
+    for name in ("data_path", "init_from", "resume", "csv_separator"):
+        v = getattr(cfg, name)
+        if v is not None and (not isinstance(v, str) or not v):
+            raise _bad(name, v, "非空字符串（或不设）")
+    check_encoding(cfg.encoding)
 
 
 __all__ = ["VisionConfig", "TextConfig", "CLIPConfig", "TrainConfig", "PRESETS", "get_preset", "replace"]

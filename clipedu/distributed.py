@@ -1,4 +1,4 @@
-"""torch.distributed 的小工具（见第 5 章 sec-scale-up）。
+"""设备与进程组，以及跨进程收集特征的小工具（见第 5 章 sec-scale-up）。
 
 单进程时这些函数都退化为平凡情形，所以同一份训练代码既能在笔记本电脑上跑，也能用
 ``torchrun`` 在多卡多机上跑。
@@ -23,31 +23,61 @@ def world_info() -> tuple[int, int]:
     return 0, 1
 
 
-def is_main() -> bool:
-    """只有 0 号进程写日志、存检查点。"""
-    return world_info()[0] == 0
+def resolve_device(name: str) -> torch.device:
+    """"auto" 有 GPU 用 GPU；显式要 cuda 却没有 GPU 时给出清楚的错误。"""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("要求 --device cuda，但这台机器上没有可用的 CUDA GPU；"
+                         "请改用 --device cpu / CUDA is not available")
+    return device
 
 
-def init_from_env(device_type: str) -> tuple[int, int, int]:
-    """按 torchrun 设置的环境变量初始化进程组，返回 (rank, local_rank, world_size)。
-
-    CUDA 用 NCCL，CPU 用 gloo。没有 ``WORLD_SIZE`` 或其值为 1 时不初始化。
-    """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+def _launch_env() -> tuple[int, int, int]:
+    """读 torchrun 的环境变量，返回 (rank, local_rank, world_size)；不自洽时报错。"""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if not world.isdigit() or int(world) < 1:
+        raise ValueError(f"环境变量 WORLD_SIZE 应为正整数，实际为 {world!r}")
+    world_size = int(world)
+    if world_size == 1:
         return 0, 0, 1
-    for key in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        if key not in os.environ:
-            raise RuntimeError(f"WORLD_SIZE={world_size} 但缺少环境变量 {key}；请用 torchrun 启动多进程训练")
+    missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+               if k not in os.environ]
+    if missing:
+        raise ValueError(f"WORLD_SIZE={world}，但缺少环境变量 {missing}；多进程训练"
+                         f"请用 torchrun 启动 / inconsistent distributed environment")
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-    if not is_dist():
-        backend = "nccl" if device_type == "cuda" else "gloo"
-        if device_type == "cuda":
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend)
-    if dist.get_world_size() != world_size:
-        raise RuntimeError(f"进程组大小 {dist.get_world_size()} 与 WORLD_SIZE={world_size} 不一致")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"RANK={rank} 不在 [0, WORLD_SIZE={world}) 内；"
+                         f"请检查 torchrun 的 --nnodes/--node_rank")
     return rank, local_rank, world_size
+
+
+def init_distributed(device_name: str) -> tuple[torch.device, int, int]:
+    """选设备、按 torchrun 的环境变量建进程组，返回 (device, rank, world_size)。
+
+    CUDA 用 NCCL，CPU 用 gloo；没有 ``WORLD_SIZE`` 或其值为 1 时不建进程组。
+    进程组已由调用者建好时（例如测试里的 ``init_process_group``）直接沿用。
+    """
+    device = resolve_device(device_name)
+    rank, local_rank, world_size = _launch_env()
+    if world_size == 1:
+        return device, 0, 1
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if local > torch.cuda.device_count():
+            n_gpu = torch.cuda.device_count()
+            raise ValueError(f"每台机器起了 {local} 个进程，但只有 {n_gpu} 块 GPU；"
+                             f"请把 --nproc_per_node 设为不超过 GPU 数")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not is_dist():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if dist.get_world_size() != world_size:
+        raise RuntimeError(f"进程组大小 {dist.get_world_size()} 与 "
+                           f"WORLD_SIZE={world_size} 不一致")
+    return device, rank, world_size
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -74,11 +104,11 @@ class _GatherWithGrad(torch.autograd.Function):
 
 
 def all_gather_features(x: torch.Tensor, with_grad: bool) -> torch.Tensor:
-    """把所有进程的 ``x``（形状相同）沿第 0 维拼起来，按 rank 顺序。
+    """把所有进程的 ``x``（形状相同）沿第 0 维按 rank 顺序拼起来。
 
-    ``with_grad=True``：反向传播把各进程对同一块特征的梯度求和送回它的主人，于是经 DDP
-    平均后，每个进程的参数梯度与单进程在整批上计算的结果一致。
-    ``with_grad=False``：别的进程的特征被当作常数，只有本进程那一块带梯度（省通信，梯度近似）。
+    ``with_grad=True``：反向时把各进程对同一块特征的梯度求和送回它的主人。
+    ``with_grad=False``：别的进程的那几块是常数，只有本进程那一块带梯度；
+    两种做法对训练的确切影响见 ``loss.ClipLoss``。
     """
     rank, world_size = world_info()
     if world_size == 1:
@@ -98,3 +128,27 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     value = value.detach().clone()
     dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value / dist.get_world_size()
+
+
+def all_gather_objects(obj) -> list:
+    """收集各进程的一个 Python 对象（如随机数状态），按 rank 排好；单进程时为 [obj]。"""
+    if not is_dist():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_flag(flag: bool, device: torch.device) -> bool:
+    """0 号进程的决定广播给所有进程（例如“时间到了”），让大家在同一步停下。"""
+    if not is_dist():
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def barrier() -> None:
+    """多进程时等所有进程到齐；单进程时什么也不做。"""
+    if is_dist():
+        dist.barrier()

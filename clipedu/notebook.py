@@ -6,11 +6,11 @@
 from __future__ import annotations
 
 import os
-import random
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from .seeding import seed_everything
 
 # 按优先级排列：mplfonts 自带的 Noto Sans CJK SC 最先，其余是常见系统字体的家族名。
 _SYSTEM_CJK_FAMILIES = (
@@ -60,15 +60,6 @@ def register_cjk_font() -> str:
     # 中文字体里的 U+2212 负号常缺字形，改用 ASCII 连字符，避免 "Glyph missing" 警告。
     matplotlib.rcParams["axes.unicode_minus"] = False
     return family
-
-
-def seed_everything(seed: int = 0) -> None:
-    """同时设定 Python、NumPy 和 PyTorch（含所有 GPU）的随机种子。"""
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed 应为整数，实际为 {type(seed).__name__}：{seed!r}")
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # 也会为所有 CUDA 设备设定种子
 
 
 def setup_notebook(seed: int = 0, threads: int | None = None, quiet: bool = False) -> torch.device:

@@ -18,8 +18,11 @@ from collections import OrderedDict
 
 import torch
 
+from .bert_tokenizer import BertChineseTokenizer, tokenizer_from_state_dict
+from .checkpoint import is_clipedu_checkpoint, load_checkpoint, load_state_dict_checked
 from .config import CLIPConfig, TextConfig, VisionConfig
 from .model import CLIP
+from .tokenizer import ChineseTokenizer
 
 # 检查点里常见、但模型不需要的键：OpenAI 存档里的整数元数据、open_clip 的因果掩码缓冲区
 _IGNORED_KEYS = {"input_resolution", "context_length", "vocab_size", "attn_mask"}
@@ -107,7 +110,8 @@ def _read_torchscript(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def _is_torchscript(path: str) -> bool:
+def is_torchscript(path: str) -> bool:
+    """文件是不是 OpenAI 式的 TorchScript 存档（zip 里有 constants.pkl 或 code/）。"""
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as z:
@@ -121,16 +125,18 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
         sd = load_file(path, device="cpu")
-    elif _is_torchscript(path):
+    elif is_torchscript(path):
         sd = _read_torchscript(path)
     else:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            raise ValueError(
-                f"拒绝加载 {path!r}：文件里有张量之外的 pickle 对象（可能是恶意代码），"
-                f"weights_only=True 已阻止它执行。原始信息：{str(e).splitlines()[0]} / refused unsafe pickle"
-            ) from None
+            from .errors import describe_unsafe_pickle, unsafe_global  # [hardening]
+            if unsafe_global(e) is None:
+                raise ValueError(f"{path!r} 已损坏或不是 PyTorch 权重文件"
+                                 f" / corrupt weights file") from None
+            raise ValueError(f"拒绝加载 {path!r}：{describe_unsafe_pickle(e)}"
+                             f" / refused unsafe pickle") from None
         except Exception as e:  # noqa: BLE001  截断的 zip、乱码文件会从各层抛出各种异常
             raise ValueError(f"{path!r} 已损坏或被截断（{type(e).__name__}: {str(e)[:100]}）"
                              f" / corrupt or truncated weights file") from None
@@ -184,14 +190,21 @@ def load_pretrained(path: str, device: str | torch.device = "cpu", quick_gelu: b
     from .data.transforms import eval_transform
 
     sd = read_state_dict(str(path))
+    from .fileinfo import build_from_config, looks_like_clipedu, refuse_unconfigured, stored_config
+    stored = stored_config(str(path))  # [hardening] clipedu 自己写的文件：照保存的配置建模型，不推断
+    if stored is not None:
+        model = build_from_config(stored, sd, str(path))
+        return model.to(device).eval(), eval_transform(stored.vision.image_size)
+    if looks_like_clipedu(sd):
+        raise refuse_unconfigured(str(path))
     from .cnclip_weights import cnclip_from_state_dict, is_cnclip_state_dict
-    if is_cnclip_state_dict(sd):  # Chinese-CLIP（BERT 文本塔）：见 clipedu.cnclip_weights，preprocess 用它的变换
+    if is_cnclip_state_dict(sd):  # Chinese-CLIP（BERT 文本塔）：见 clipedu.cnclip_weights
         return cnclip_from_state_dict(sd, device)
     config = infer_config(sd, quick_gelu=quick_gelu)
     model = CLIP(config)
     expected = model.state_dict()
     # TorchScript 存档里还有非参数的张量属性（如各块的 attn_mask），只有普通 state dict 才对多余的键报错
-    strict = not _is_torchscript(str(path))
+    strict = not is_torchscript(str(path))
     unexpected = sorted(k for k in sd if strict and k not in expected
                         and k.rsplit(".", 1)[-1] not in _IGNORED_KEYS)
     missing = sorted(k for k in expected if k not in sd and not k.endswith("num_batches_tracked"))
@@ -223,4 +236,56 @@ def english_tokenizer(context_length: int = 77):
     return SimpleTokenizer(context_length=context_length)
 
 
-__all__ = ["load_pretrained", "read_state_dict", "infer_config", "english_tokenizer"]
+def load_init_weights(path: str) -> tuple[CLIPConfig, dict, ChineseTokenizer | BertChineseTokenizer]:
+    """``--init-from``：返回 (模型配置, 权重, 分词器)（见第 9 章 faq-finetune）。
+
+    clipedu 检查点原样载入；OpenAI/open_clip 权重（.safetensors、state dict、
+    TorchScript）由 ``read_state_dict`` 读出。英文权重的词表（49408 个 BPE 词元）
+    与 ChineseTokenizer 不同，所以像 Chinese-CLIP 那样：保留形状相符的全部权重
+    （整个图像塔与文本 Transformer），换成中文词表，只有 ``token_embedding`` 按新
+    词表重新初始化。常与 ``--lock-image`` 一起用。
+    """
+    path = str(path)
+    if not (path.endswith(".safetensors") or is_torchscript(path)):
+        ckpt = load_checkpoint(path)
+        if is_clipedu_checkpoint(ckpt):
+            return (CLIPConfig.from_dict(ckpt["config"]), ckpt["model"],
+                    tokenizer_from_state_dict(ckpt["tokenizer"]))
+    sd = read_state_dict(path)
+    from .cnclip_weights import infer_cnclip_config, is_cnclip_state_dict, normalize_keys
+    if is_cnclip_state_dict(sd):  # Chinese-CLIP：整套权重照搬，保留它自己的 BERT 分词器
+        sd = normalize_keys(sd)
+        config = infer_cnclip_config(sd)
+        state = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+        return config, state, BertChineseTokenizer(context_length=config.text.context_length)
+    config = infer_config(sd)
+    tokenizer = ChineseTokenizer(context_length=config.text.context_length)
+    if config.text.vocab_size != tokenizer.vocab_size:
+        config.text.vocab_size = tokenizer.vocab_size
+        config.text.eos_token_id = tokenizer.eos_id
+        sd = {k: v for k, v in sd.items() if k != "token_embedding.weight"}
+        print(f"--init-from {path}：英文词表换成中文词表，token_embedding 重新初始化，"
+              f"其余权重照搬", flush=True)
+    with torch.device("meta"):
+        own = set(CLIP(config).state_dict())
+    state = {k: v.float() if v.is_floating_point() else v
+             for k, v in sd.items() if k in own}
+    return config, state, tokenizer
+
+
+def init_model_from(path: str) -> tuple[CLIP, ChineseTokenizer]:
+    """按 load_init_weights 建好 CLIP 并载入权重。
+
+    从英文权重来时只有 token_embedding 保持随机初始化。
+    """
+    config, state, tokenizer = load_init_weights(path)
+    model = CLIP(config)
+    # 从英文权重初始化时 token_embedding 按中文词表重建，其余键必须齐全且形状一致；
+    # Chinese-CLIP 的键必须全部齐全
+    strict = "token_embedding.weight" in state or config.text.arch == "bert"
+    load_state_dict_checked(model, state, strict=strict)
+    return model, tokenizer
+
+
+__all__ = ["load_pretrained", "read_state_dict", "infer_config", "english_tokenizer",
+           "is_torchscript", "load_init_weights", "init_model_from"]

@@ -1,4 +1,6 @@
-"""训练日志：log.jsonl（每步一行）、metrics.json（最终汇总）与可选的 TensorBoard（见第 5 章 sec-code-logging）。
+"""训练日志：log.jsonl（每步一行）、metrics.json（汇总）与可选的 TensorBoard。
+
+见第 5 章 sec-code-logging。
 
 只有 0 号进程写文件；其余进程拿到一个 ``enabled=False`` 的记录器，所有方法都不做事。
 """
@@ -21,24 +23,34 @@ def _json_safe(value):
 
 
 def read_log(path: str | os.PathLike) -> list[dict]:
-    """读回 log.jsonl；被 SIGKILL 截断的最后半行会被忽略。"""
+    """读回 log.jsonl；被 SIGKILL 截断的最后半行会被忽略。
+
+    逆温度 1/τ 的键是 ``inv_temperature``；旧版日志把它记成 ``logit_scale``
+    （同样是 1/τ），读回时补上新键，旧日志照样能画图。
+    """
     records = []
     p = Path(path)
     if not p.is_file():
         return records
-    for line in p.read_text(encoding="utf-8").splitlines():
+    # [hardening] 坏行只丢它自己：被杀时写了一半的末行、或中间被损坏的一行，都不影响其后的记录
+    for line in p.read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
-            break  # 进程被杀时写了一半的行
+            continue  # 只丢这一行：被杀时写了一半的行，或中间坏掉的行
+        if not isinstance(record, dict):
+            continue
+        if "logit_scale" in record and "inv_temperature" not in record:
+            record["inv_temperature"] = record["logit_scale"]  # 旧日志的键名
+        records.append(record)
     return records
 
 
 class RunLogger:
     """把每步记录写进 log.jsonl（和 TensorBoard）；续训时先把日志截到检查点那一步。"""
 
-    def __init__(self, out_dir: str | os.PathLike, enabled: bool = True, tensorboard: bool = False,
-                 resume_step: Optional[int] = None):
+    def __init__(self, out_dir: str | os.PathLike, enabled: bool = True,
+                 tensorboard: bool = False, resume_step: Optional[int] = None):
         self.enabled = enabled
         self.out_dir = Path(out_dir)
         self.log_path = self.out_dir / "log.jsonl"
@@ -51,13 +63,15 @@ class RunLogger:
             self.log_path.write_text("", encoding="utf-8")  # 新训练：清空旧日志
         else:
             # 被杀的进程可能已经记下了检查点之后的几步；这些步会重跑，旧记录要丢掉
-            kept = [r for r in read_log(self.log_path) if int(r.get("step", 0)) <= resume_step]
-            self.log_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept),
-                                     encoding="utf-8")
+            kept = [r for r in read_log(self.log_path)
+                    if int(r.get("step", 0)) <= resume_step]
+            lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
+            self.log_path.write_text("".join(lines), encoding="utf-8")
         self._file = open(self.log_path, "a", encoding="utf-8")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # 需要 tensorboard 包
-            self._tb = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"), purge_step=resume_step)
+            self._tb = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"),
+                                     purge_step=resume_step)
 
     def log(self, record: dict) -> None:
         """写一行；flush 让训练中途被杀时日志也完整到上一步。"""
@@ -68,8 +82,9 @@ class RunLogger:
         if self._tb is not None:
             step = int(record["step"])
             for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._tb.add_scalar(key.replace("/", "_") if "/" not in key else key, value, step)
+                number = isinstance(value, (int, float)) and not isinstance(value, bool)
+                if key != "step" and number:
+                    self._tb.add_scalar(key, value, step)
 
     def write_metrics(self, summary: dict) -> None:
         """metrics.json：先写临时文件再替换，读者永远看不到写了一半的 JSON。"""
@@ -77,7 +92,8 @@ class RunLogger:
             return
         path = self.out_dir / "metrics.json"
         tmp = path.with_name(".metrics.json.tmp")
-        tmp.write_text(json.dumps(_json_safe(summary), ensure_ascii=False, indent=2), encoding="utf-8")
+        text = json.dumps(_json_safe(summary), ensure_ascii=False, indent=2)
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
 
     def close(self) -> None:

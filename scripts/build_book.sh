@@ -2,12 +2,16 @@
 # README 命令 1：安装依赖，然后把每个笔记本恰好执行一次，再严格构建整本书。
 #   bash scripts/build_book.sh          # 结果在 _build/html/index.html
 # 只预览文字排版时可用 SKIP_NOTEBOOKS=1 跳过第 3 步（笔记本页面将没有输出）。
+# 学生版（没有任何解答，练习与编号不变；见教学指南“学生版”一节）：
+#   EDITION=student bash scripts/build_book.sh                  # 结果在 _build/student/html/index.html
+#   EDITION=student REUSE_EXECUTED=1 bash scripts/build_book.sh # 直接用完整版刚执行过的笔记本（_stage/），不再执行
 # 步骤：
 #   1. scripts/setup.sh（可用 SKIP_SETUP=1 跳过，test.sh 已经跑过时用）
 #   2. 把 _config.yml、_toc.yml、book/、notebooks/ 复制到 _stage/（clipedu/、benchmarks/、scripts/ 以符号链接给 literalinclude/include 用）
 #   3. 在副本上 pytest --nbmake --overwrite：每个笔记本在自己的目录里执行一次，输出写回副本，仓库里的笔记本保持无输出
 #   4. 运行 book/figures/make_*.py（在副本里，图写进副本的 book/figures/generated/）
-#   5. jupyter-book build（_config.yml 里 execute_notebooks: "off"）加 -W -n --keep-going：任何警告、断链都让构建失败
+#   5. 学生版：book/_ext/student_edition.py 从副本里删掉全部解答（Markdown 的 {solution} 块、带 solution 标签的笔记本单元）
+#   6. jupyter-book build（_config.yml 里 execute_notebooks: "off"）加 -W -n --keep-going：任何警告、断链都让构建失败
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -16,7 +20,16 @@ export PATH="$ROOT/.venv/bin:$PATH"
 # 不设 MPLBACKEND：内核要用 matplotlib 的 inline 后端，图才会写进笔记本输出
 export PYTHONHASHSEED=0 PYDEVD_DISABLE_FILE_VALIDATION=1
 NB_TIMEOUT=${NB_TIMEOUT:-600}   # 单个笔记本的上限（秒）；目标是 2 核上 ≤ 3 分钟
-STAGE=$ROOT/_stage   # 不能放在 _build/ 下：nbmake 会跳过路径中含 _build 的笔记本
+EDITION=${EDITION:-full}
+case $EDITION in
+    full)    STAGE=$ROOT/_stage; HTML_OUT=$ROOT/_build/html ;;   # 副本不能放在 _build/ 下：nbmake 会跳过路径中含 _build 的笔记本
+    student) STAGE=$ROOT/_stage_student; HTML_OUT=$ROOT/_build/student/html ;;
+    *) echo "[build_book] EDITION 只能是 full 或 student，实际为 '$EDITION'" >&2; exit 2 ;;
+esac
+REUSE_EXECUTED=${REUSE_EXECUTED:-0}
+if [[ $REUSE_EXECUTED == 1 && $EDITION != student ]]; then
+    echo "[build_book] REUSE_EXECUTED=1 只用于学生版（EDITION=student）" >&2; exit 2
+fi
 log() { printf '\n[build_book] %s\n' "$*"; }
 t0=$SECONDS
 
@@ -45,7 +58,16 @@ figure_scripts=("$STAGE"/book/figures/make_*.py)
 shopt -u nullglob
 
 t_nb=$SECONDS
-if [[ ${SKIP_NOTEBOOKS:-0} == 1 ]]; then
+if [[ $REUSE_EXECUTED == 1 ]]; then
+    # 学生版直接用完整版刚执行过的笔记本与插图；先核对它们与仓库里的源文件逐单元相同
+    log "学生版：复用 $ROOT/_stage 里已执行的笔记本（不再执行）"
+    python book/_ext/student_edition.py "$ROOT/_stage" --fresh-from "$ROOT" --check-only
+    cp "$ROOT"/_stage/notebooks/*.ipynb "$STAGE/notebooks/"
+    if [[ -d $ROOT/_stage/book/figures/generated ]]; then
+        cp -r "$ROOT/_stage/book/figures/generated" "$STAGE/book/figures/"
+        figure_scripts=()
+    fi
+elif [[ ${SKIP_NOTEBOOKS:-0} == 1 ]]; then
     # 只供写文字的作者快速预览排版；笔记本页面将没有输出。scripts/test.sh 与 CI 从不设置它。
     log "SKIP_NOTEBOOKS=1：不执行笔记本（仅供本地预览）"
 elif (( ${#notebooks[@]} )); then
@@ -66,10 +88,32 @@ if (( ${#figure_scripts[@]} )); then
     done
 fi
 
-log "jupyter-book build（-W -n --keep-going，execute_notebooks: off）"
+if [[ $EDITION == student ]]; then
+    log "学生版：删掉全部解答"
+    python book/_ext/student_edition.py "$STAGE"
+    # 扩展 zh_exercise 据此再检查每页的文档树里没有解答节点
+    python - "$STAGE/_config.yml" <<'PY'
+import sys, yaml
+path = sys.argv[1]
+cfg = yaml.safe_load(open(path, encoding="utf-8"))
+cfg["sphinx"]["config"]["zh_student_edition"] = True
+cfg["title"] = cfg["title"] + "（学生版）"
+yaml.safe_dump(cfg, open(path, "w", encoding="utf-8"), allow_unicode=True, sort_keys=False)
+PY
+fi
+
+log "jupyter-book build（$EDITION，-W -n --keep-going，execute_notebooks: off）"
 t_jb=$SECONDS
-rm -rf _build/html _build/.doctrees _build/jupyter_execute
-jupyter-book build "$STAGE" --path-output "$ROOT" -W -n --keep-going
+if [[ $EDITION == full ]]; then
+    rm -rf _build/html _build/.doctrees _build/jupyter_execute
+    jupyter-book build "$STAGE" --path-output "$ROOT" -W -n --keep-going
+else
+    # 在副本里构建，再把 HTML 移到 _build/student/html，与完整版互不覆盖
+    rm -rf "$STAGE/_build" "$HTML_OUT"
+    jupyter-book build "$STAGE" --path-output "$STAGE" -W -n --keep-going
+    mkdir -p "$(dirname "$HTML_OUT")"
+    mv "$STAGE/_build/html" "$HTML_OUT"
+fi
 t_jb=$((SECONDS - t_jb))
-[[ -f _build/html/index.html ]] || { echo "[build_book] 没有生成 _build/html/index.html" >&2; exit 1; }
-log "完成：_build/html/index.html（笔记本 ${t_nb}s，jupyter-book ${t_jb}s，共 $((SECONDS - t0))s）"
+[[ -f $HTML_OUT/index.html ]] || { echo "[build_book] 没有生成 $HTML_OUT/index.html" >&2; exit 1; }
+log "完成：${HTML_OUT#"$ROOT"/}/index.html（笔记本 ${t_nb}s，jupyter-book ${t_jb}s，共 $((SECONDS - t0))s）"

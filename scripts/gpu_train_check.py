@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clipedu.config import CLIPConfig, TextConfig, TrainConfig, VisionConfig  # noqa: E402
-from clipedu.train import train  # noqa: E402
+from clipedu.trainer import train  # noqa: E402
 
 
 def small_resnet() -> CLIPConfig:

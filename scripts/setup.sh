@@ -2,27 +2,49 @@
 # 安装构建和测试所需的一切（可重复运行；已装好的步骤会很快跳过）。
 #   bash scripts/setup.sh                 # Python 虚拟环境 + npm 前端依赖 + 复制到 book/_vendor/
 #   WITH_BROWSER=1 bash scripts/setup.sh  # 另外（root + Debian）用 apt 安装 chromium 和 fonts-noto-cjk
+#   PYTHON=python3.12 bash scripts/setup.sh  # 指定解释器；默认取 PATH 上第一个 ≥ 3.10 的 python3.x
+#   NO_CONSTRAINTS=1 bash scripts/setup.sh   # 只按 requirements.txt 的范围装（不用 constraints.txt 锁定的版本）
+# Python 依赖默认按 constraints.txt（CI 测过的确切版本）安装；刷新它：bash scripts/lock_deps.sh
 # 什么都不手工装：MathJax 3 和 mermaid 来自 package-lock.json 锁定的 npm 包，
 # 复制进 book/_vendor/（不叫 _static，因为 Jupyter Book 1 会把 _static 里的每个 .js 注入每一页）。
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-PY=${PYTHON:-python3.11}
 VENV=$ROOT/.venv
 log() { printf '[setup] %s\n' "$*"; }
+
+py_ok() {  # 解释器存在且版本 ≥ 3.10
+    command -v "$1" >/dev/null 2>&1 && "$1" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null
+}
+PY=${PYTHON:-}
+if [[ -z $PY ]]; then
+    for cand in python3 python3.13 python3.12 python3.11 python3.10; do
+        if py_ok "$cand"; then PY=$cand; break; fi
+    done
+fi
+if [[ -z $PY ]] || ! py_ok "$PY"; then
+    echo "[setup] 需要 Python ≥ 3.10，但没有找到（${PY:-PATH 上的 python3*}）；请安装后用 PYTHON=... 指定" >&2
+    exit 1
+fi
 
 # ---- 1. Python 虚拟环境与依赖 -------------------------------------------------
 if [[ ! -x $VENV/bin/python ]]; then
     log "创建虚拟环境 $VENV（$PY）"
     "$PY" -m venv "$VENV"
 fi
-req_hash=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+PIP_ARGS=(-r requirements.txt)
+HASHED=(requirements.txt pyproject.toml)
+if [[ ${NO_CONSTRAINTS:-0} != 1 && -f constraints.txt ]]; then
+    PIP_ARGS+=(-c constraints.txt)
+    HASHED+=(constraints.txt)
+fi
+req_hash=$(cat "${HASHED[@]}" | sha256sum | cut -d' ' -f1)
 if [[ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$req_hash" ]]; then
-    log "pip install -r requirements.txt"
-    "$VENV/bin/python" -m pip install --quiet -r requirements.txt
+    log "pip install ${PIP_ARGS[*]}"
+    "$VENV/bin/python" -m pip install --quiet "${PIP_ARGS[@]}"
     echo "$req_hash" > "$VENV/.requirements.sha256"
 else
-    log "Python 依赖已是最新（requirements.txt 未变），跳过 pip"
+    log "Python 依赖已是最新（${HASHED[*]} 未变），跳过 pip"
 fi
 
 # ---- 1b. cn_clip（Chinese-CLIP，测试依赖）：单独一块，--no-deps -------------------------

@@ -13,13 +13,11 @@ import torch
 
 from clipedu.checkpoint import (find_latest, load_checkpoint, load_model, load_state_dict_checked,
                                 rotate_checkpoints, save_checkpoint)
-from clipedu.config import CLIPConfig, TextConfig, VisionConfig
 from clipedu.model import CLIP
+from tiny import tiny_dataset, tiny_model_config, tiny_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = str(ROOT / "tests" / "_train_worker.py")
-sys.path.insert(0, str(ROOT / "tests"))
-from _train_worker import tiny_model_config, tiny_train_config  # noqa: E402
 
 
 def test_save_load_roundtrip_and_no_temp_files(tmp_path):
@@ -102,6 +100,22 @@ def test_rotate_and_find_latest(tmp_path):
     assert find_latest(tmp_path).name == "ckpt_step10.pt"
 
 
+def test_find_latest_reads_names_not_tensors(tmp_path, monkeypatch):
+    """只看文件名与文件尾：不调用 torch.load；last.pt 比所有按步检查点新时取它。"""
+    save_checkpoint({"train_state": {"step": 4}}, tmp_path / "ckpt_step4.pt")
+    save_checkpoint({"train_state": {"step": 9}}, tmp_path / "ckpt_step9.pt")
+    data = (tmp_path / "ckpt_step9.pt").read_bytes()
+    (tmp_path / "ckpt_step11.pt").write_bytes(data[: len(data) // 2])  # 被截断：跳过
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("find_latest 不应读张量"))
+    assert find_latest(tmp_path).name == "ckpt_step9.pt"
+    last = save_checkpoint({"train_state": {"step": 10}}, tmp_path / "last.pt")
+    assert find_latest(tmp_path) == last            # 运行结束时写的 last.pt 最新
+    older = (tmp_path / "ckpt_step9.pt").stat().st_mtime_ns
+    os.utime(last, ns=(older - 10**9, older - 10**9))
+    assert find_latest(tmp_path).name == "ckpt_step9.pt"  # 续训又存了更新的按步检查点
+    assert find_latest(tmp_path / "empty") is None
+
+
 def _losses(run_dir):
     return [json.loads(l)["loss"] for l in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
 
@@ -137,9 +151,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
 
 
 def test_load_model_returns_model_and_tokenizer(tmp_path):
-    from clipedu.train import train
-    train(tiny_train_config(tmp_path, steps=2, batch_size=8),
-          train_dataset=__import__("_train_worker").tiny_dataset(64))
+    from clipedu.trainer import train
+    train(tiny_train_config(tmp_path, steps=2, batch_size=8), train_dataset=tiny_dataset(64))
     model, tok = load_model(tmp_path / "last.pt")
     assert isinstance(model, CLIP) and not model.training
     assert tok.context_length == 16

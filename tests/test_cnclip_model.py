@@ -12,7 +12,7 @@ import cn_clip.clip as cn
 from cn_clip.clip.model import CLIP as CnCLIP, convert_state_dict
 
 import clipedu
-from clipedu.bert import BertCLIP
+from clipedu.bert import is_bert_clip
 from clipedu.bert_tokenizer import BertChineseTokenizer
 from clipedu.cnclip_weights import cnclip_transform, load_cnclip
 from clipedu.config import PRESETS, CLIPConfig, TextConfig, VisionConfig, get_preset
@@ -83,7 +83,7 @@ def test_embeddings_equal_cn_clip_in_every_layout(tmp_path, tower, vision, text_
     for layout in LAYOUTS:
         path = save_layout(ref, layout, tmp_path / f"{layout}.pt")
         model, preprocess = clipedu.load_pretrained(str(path))
-        assert isinstance(model, BertCLIP) and model.config.vision.arch == tower and not model.training
+        assert is_bert_clip(model) and model.config.vision.arch == tower and not model.training
         assert model.config.text.layers == text_layers and model.config.vision.image_size == res
         with torch.no_grad():
             torch.testing.assert_close(model.encode_image(images), ref_img, atol=1e-5, rtol=0)
@@ -100,7 +100,7 @@ def test_trailing_padding_does_not_change_text_features():
                         vision=VisionConfig(arch="vit", image_size=16, patch_size=8, width=64, layers=1, heads=1),
                         text=TextConfig(arch="bert", vocab_size=21128, context_length=52, width=64, heads=1, layers=2))
     model = clipedu.CLIP(config).eval()
-    assert isinstance(model, BertCLIP) and "token_embedding.weight" not in model.state_dict()
+    assert is_bert_clip(model) and "token_embedding.weight" not in model.state_dict()
     tok = BertChineseTokenizer()
     tokens = tok(["一只猫", "一只在草地上奔跑的小狗"])
     with torch.no_grad():  # [PAD] 被掩码屏蔽，截掉尾部的 [PAD] 列结果不变（训练时据此省计算）
@@ -214,3 +214,20 @@ def test_grad_checkpointing_and_bf16_autocast_on_bert_tower():
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         low = model.eval().encode_text(tokens)
     torch.testing.assert_close(low.float(), model.encode_text(tokens), atol=0.05, rtol=0)
+
+
+def test_search_encoder_gives_raw_cnclip_weights_the_bert_tokenizer(tmp_path):
+    """检索服务直接读 Chinese-CLIP 原始权重：配 BERT 分词器，文本特征与 cn_clip 一致。"""
+    from clipedu.search.encoders import load_torch_encoder
+
+    torch.manual_seed(0)
+    ref = cn_model(VIT, 1)
+    path = save_layout(ref, "training", tmp_path / "clip_cn_tiny.pt")
+    enc = load_torch_encoder(path)
+    assert isinstance(enc.tokenizer, BertChineseTokenizer)
+    texts = ["一只猫", "一只在草地上奔跑的小狗"]
+    with torch.no_grad():
+        want = F.normalize(ref.encode_text(cn.tokenize(texts)), dim=-1).numpy()
+    got = enc.encode_texts(texts)
+    assert got.shape == want.shape
+    torch.testing.assert_close(torch.from_numpy(got), torch.from_numpy(want), atol=1e-5, rtol=0)

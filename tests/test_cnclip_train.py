@@ -7,17 +7,15 @@ import pytest
 import torch
 
 import cn_clip.clip as cn
-from clipedu.bert import BertCLIP
+from clipedu.bert import is_bert_clip
 from clipedu.bert_tokenizer import BertChineseTokenizer
 from clipedu.checkpoint import load_model
 from clipedu.cli import main
 from clipedu.config import TrainConfig
 from clipedu.optim import param_groups
-from clipedu.train_setup import build_model
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from realdata_fixtures import png_bytes, write_cnclip, write_fake_cifar  # noqa: E402
-from test_cnclip_model import VIT, cn_model, save_layout  # noqa: E402
+from clipedu.trainer import build_model
+from realdata_fixtures import png_bytes, write_cnclip, write_fake_cifar
+from test_cnclip_model import VIT, cn_model, save_layout
 
 COLORS = {"红色": (230, 30, 30), "绿色": (30, 200, 30), "蓝色": (30, 30, 230), "黄色": (240, 230, 20),
           "黑色": (10, 10, 10), "白色": (250, 250, 250), "紫色": (140, 30, 200), "橙色": (250, 140, 10)}
@@ -39,8 +37,9 @@ def _write_data(root: Path) -> Path:
 
 def test_init_from_keeps_checkpoint_tokenizer_and_weights(cn_ckpt, tmp_path):
     cfg = TrainConfig(init_from=str(cn_ckpt), lock_image=True, out_dir=str(tmp_path))
-    model, config, tokenizer = build_model(cfg, None)
-    assert isinstance(model, BertCLIP) and isinstance(tokenizer, BertChineseTokenizer)
+    model, tokenizer = build_model(cfg, None)
+    config = model.config
+    assert is_bert_clip(model) and isinstance(tokenizer, BertChineseTokenizer)
     assert tokenizer.context_length == config.text.context_length == 52
     ref = torch.load(cn_ckpt, weights_only=True)["state_dict"]
     assert torch.equal(model.state_dict()["bert.encoder.layer.0.attention.self.query.weight"],
@@ -50,7 +49,7 @@ def test_init_from_keeps_checkpoint_tokenizer_and_weights(cn_ckpt, tmp_path):
 
 
 def test_image_lr_mult_gives_image_tower_its_own_learning_rate(cn_ckpt, tmp_path):
-    model, _, _ = build_model(TrainConfig(init_from=str(cn_ckpt), out_dir=str(tmp_path)), None)
+    model, _ = build_model(TrainConfig(init_from=str(cn_ckpt), out_dir=str(tmp_path)), None)
     groups = param_groups(model, lr=1e-4, weight_decay=0.1, head_lr_mult=10.0, image_lr_mult=0.1)
     lr_of = {name: g["lr"] for g in groups for name in g["names"]}
     assert lr_of["visual.conv1.weight"] == pytest.approx(1e-5)
@@ -79,7 +78,7 @@ def test_cli_finetune_resume_and_eval_chinese_clip(cn_ckpt, tmp_path, capsys):
     assert full["tokenizer"]["type"] == "BertChineseTokenizer"
     assert full["tokenizer"]["vocab"] == list(cn._tokenizer.vocab)
     model, tokenizer = load_model(a / "last.pt")
-    assert isinstance(model, BertCLIP) and torch.equal(tokenizer(["一张红色的图片"]), cn.tokenize(["一张红色的图片"]))
+    assert is_bert_clip(model) and torch.equal(tokenizer(["一张红色的图片"]), cn.tokenize(["一张红色的图片"]))
     init = torch.load(cn_ckpt, weights_only=True)["state_dict"]
     assert not torch.equal(full["model"]["bert.embeddings.LayerNorm.weight"], init["module.bert.embeddings.LayerNorm.weight"])
 

@@ -7,11 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from clipedu.data import (CLIP_MEAN, CLIP_STD, DigitsDataset, ShapesDataset, ShapesVQADataset, denormalize,
+from clipedu.data import (CLIP_MEAN, CLIP_STD, DigitsDataset, ShapesDataset, denormalize,
                           eval_transform, normalize_uint8, train_transform)
 from clipedu.data import shapes as S
-from clipedu.data import vqa as V
 from clipedu.data.render import render_batch
+from clipedu.labs import vqa as V
+from clipedu.labs.vqa import ShapesVQADataset
 from clipedu.tokenizer import UNK_ID, ChineseTokenizer
 
 

@@ -92,15 +92,19 @@ def test_csv_skips_and_counts_bad_rows_and_images(tmp_path):
     assert ds.index_counter.to_dict()["by_reason"] == {"empty_caption": 1, "malformed_row": 1}
     batch = collate([ds[i] for i in range(len(ds))])
     assert isinstance(batch, Batch) and batch.images.shape == (5, 3, 16, 16)  # 批大小不变
-    assert batch.captions == ["红色方块", "绿色方块", "绿色方块", "绿色方块", "蓝色方块"]
+    assert batch.captions[0::3] == ["红色方块", "绿色方块"] and batch.captions[4] == "蓝色方块"
+    # 坏图、缺图各换成一个随机的好样本（确定性：同一下标每次换成同一个）
+    assert set(batch.captions[1:3]) <= {"红色方块", "绿色方块", "蓝色方块"}
+    assert [s[1] for s in (ds[1], ds[2])] == batch.captions[1:3]
     assert batch.labels.tolist() == [-1] * 5
-    # 第 1 个坏图、缺图都换成下一个好样本；缺图被尝试了两次（作为自己、作为坏图的替补）
-    assert batch.bad == {"corrupt_image": 1, "missing_file": 2} and batch.seen == 8
+    # 每个坏样本只计一次：试替补时碰到的坏样本不计，轮到它自己时才计（见 tests/test_hardening.py）
+    assert batch.bad == {"corrupt_image": 1, "missing_file": 1} and batch.seen == 7
+    assert "2.jpg" in batch.examples["corrupt_image"] and "3.png" in batch.examples["missing_file"]
     counter = BadSampleCounter.for_dataset(ds, max_bad_fraction=0.5, min_seen=0)
     counter.update(batch)
-    assert counter.to_dict() == {"seen": 15, "bad": 5,
+    assert counter.to_dict() == {"seen": 14, "bad": 4,
                                  "by_reason": {"corrupt_image": 1, "empty_caption": 1,
-                                               "malformed_row": 1, "missing_file": 2}}
+                                               "malformed_row": 1, "missing_file": 1}}
 
 
 def test_csv_strict_names_file_and_row(tmp_path):
@@ -175,8 +179,8 @@ def test_cnclip_pairs_offsets_and_counts(tmp_path):
     img, caption, label = ds.load(k)
     assert caption == "蓝色或红色" and label == -1
     assert img[2].mean() > img[0].mean()  # 蓝通道亮于红通道
-    s = ds[3]  # 1003 是坏图 → 用下一对替换
-    assert s[1] == "蓝色或红色" and s.bad == ["corrupt_image"]
+    s = ds[3]  # 1003 是坏图 → 换成一个随机的好样本
+    assert s[1] != "坏掉的图" and s.bad == ["corrupt_image"]
     with pytest.raises(BadSampleError, match=r"train_imgs\.tsv 第 5 行.*1001 重复"):
         CnClipDataset(str(tmp_path), "train", strict=True)
 
@@ -360,13 +364,13 @@ def test_cli_data_shard_entry_point(tmp_path, capsys):
                "--max-bad-fraction", "0.5"])
     assert rc == 0 and len(list(out.glob("*.tar"))) == 2
     assert "--dataset wds" in capsys.readouterr().out
-    assert main(["data", "shard", "--csv", str(_shard_csv(tmp_path, n=3)), "--out", str(out)]) == 2
+    assert main(["data", "shard", "--csv", str(_shard_csv(tmp_path, n=3)), "--out", str(tmp_path / "o2")]) == 1
     assert "坏样本比例" in capsys.readouterr().err  # 1/4 坏图超过默认的 1%：清楚的中文报错，不是调用栈
 
 
 def test_evaluate_retrieval_on_cnclip_set(tmp_path):
     from clipedu.config import CLIPConfig, TextConfig, VisionConfig
-    from clipedu.data.eval_sets import evaluate_retrieval
+    from clipedu.eval_tasks import evaluate_retrieval
     from clipedu.model import create_model
     from clipedu.tokenizer import ChineseTokenizer
     torch.manual_seed(0)

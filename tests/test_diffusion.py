@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from clipedu.diffusion import (
+from clipedu.labs.diffusion import (
     DiffusionConfig, GaussianDiffusion, ToyDenoiser, cfg_combine, make_beta_schedule, toy_data_2d,
     train_diffusion,
 )
-from clipedu.unet import TinyUNet, UNetConfig
+from clipedu.labs.unet import TinyUNet, UNetConfig
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
@@ -132,6 +132,7 @@ def test_unet_shapes_masks_and_errors():
         TinyUNet(UNetConfig(image_size=18, channel_mults=(1, 2, 2)))
 
 
+@pytest.mark.slow
 def test_toy_ddpm_learns_two_moons():
     torch.manual_seed(0)
     data = toy_data_2d(2000, generator=torch.Generator().manual_seed(0))
@@ -147,6 +148,7 @@ def test_toy_ddpm_learns_two_moons():
     assert nn_dist < 0.04 and nn_dist < 0.5 * noise_dist, (nn_dist, noise_dist)
 
 
+@pytest.mark.slow
 def test_conditional_unet_learns_colours():
     # 两类 8×8 纯色图（红 / 蓝），条件是 one-hot；训练后按条件采样，颜色必须对上
     torch.manual_seed(0)

@@ -9,13 +9,12 @@ import pytest
 import torch
 
 from clipedu.checkpoint import load_checkpoint
-from clipedu.train import train
+from clipedu.trainer import train
+from tiny import tiny_dataset, tiny_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = str(ROOT / "tests" / "_train_worker.py")
 STEPS, BATCH = 6, 16
-sys.path.insert(0, str(ROOT / "tests"))
-from _train_worker import tiny_dataset, tiny_train_config  # noqa: E402
 
 
 def _env():
@@ -57,6 +56,7 @@ def test_ddp_matches_single_process(runs, variant):
     assert ref_losses[0] != ref_losses[-1]
 
 
+@pytest.mark.slow
 def test_ddp_only_rank0_writes_and_records_world_size(runs):
     ddp = runs / "ddp" / "plain"
     metrics = json.loads((ddp / "metrics.json").read_text())

@@ -97,3 +97,29 @@ def test_zero_shot_classifier_normalise_mean_normalise():
     torch.testing.assert_close(W[:, 0], F.normalize((a + b) / 2, dim=0))
     with pytest.raises(ValueError, match="占位符"):
         zero_shot_classifier(model, tok, ["猫"], ["没有占位符"])
+
+
+def test_eval_mode_restores_training_state_and_disables_grad(tiny_model):
+    from clipedu import eval_mode
+    tiny_model.train()
+    with eval_mode(tiny_model):
+        assert not tiny_model.training and not torch.is_grad_enabled()
+    assert tiny_model.training and torch.is_grad_enabled()
+    tiny_model.eval()
+    with eval_mode(tiny_model):
+        pass
+    assert not tiny_model.training
+
+
+def test_classification_driver_matches_metric_functions(tiny_model, data):
+    """evaluate_classification 只是把 zero_shot_classifier、encode_dataset 与
+    zero_shot_accuracy 接起来：结果与手工逐步调用相同。"""
+    from clipedu import encode_dataset, evaluate_classification
+    from clipedu.prompts import TEMPLATES
+    tok = ChineseTokenizer(context_length=16)
+    ds = torch.utils.data.Subset(data, range(40))
+    got = evaluate_classification(tiny_model, tok, ds, data.classnames, TEMPLATES[:2])
+    clf = zero_shot_classifier(tiny_model, tok, data.classnames, TEMPLATES[:2])
+    feats, labels = encode_dataset(tiny_model, ds)
+    want = zero_shot_accuracy(feats, labels, clf)
+    assert got["zero_shot_top1"] == want["top1"] and got["zero_shot_n"] == 40

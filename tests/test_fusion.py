@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from clipedu.fusion import (
+from clipedu.labs.fusion import (
     FUSION_MODELS, EarlyFusion, FusionConfig, HybridFusion, LateFusion, TextOnlyBaseline, fit_classifier,
     predict, query_cost,
 )
@@ -81,6 +81,7 @@ def _colour_task(n, seed):
     return images, tokens, (~yes).long()  # 0 = 是，1 = 否
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["early", "late", "hybrid"])
 def test_fusion_models_learn_a_task_that_needs_both_modalities(name):
     train, test = _colour_task(512, 0), _colour_task(256, 1)
@@ -91,6 +92,7 @@ def test_fusion_models_learn_a_task_that_needs_both_modalities(name):
     assert acc > 0.9, (name, acc)
 
 
+@pytest.mark.slow
 def test_text_only_baseline_stays_at_chance():
     train, test = _colour_task(512, 0), _colour_task(256, 1)
     torch.manual_seed(0)

@@ -1,16 +1,12 @@
 """--init-from 接受 OpenAI/open_clip 权重：图像塔与文本 Transformer 照搬，词表换成中文（第 9 章 faq-finetune）。"""
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from clipedu.tokenizer import VOCAB_SIZE
-from clipedu.train import train
+from clipedu.trainer import train
+from tiny import tiny_dataset, tiny_train_config
 
 open_clip = pytest.importorskip("open_clip")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _train_worker import tiny_dataset, tiny_train_config  # noqa: E402
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])

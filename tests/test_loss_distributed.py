@@ -48,6 +48,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("local_loss", [False, True])
 def test_two_gloo_processes_equal_one_process(tmp_path, local_loss):
     mp.spawn(_worker, args=(_free_port(), local_loss, True, str(tmp_path)), nprocs=WORLD, join=True)
@@ -66,11 +67,32 @@ def test_two_gloo_processes_equal_one_process(tmp_path, local_loss):
         torch.testing.assert_close(got["scale_grad"], scale.grad, rtol=1e-10, atol=1e-12)
 
 
-def test_gather_without_grad_gives_only_partial_gradient(tmp_path):
-    """不带梯度地收集时，别的进程的特征被当成常数：梯度不再等于整批梯度（这是省通信的代价）。"""
+@pytest.mark.slow
+def test_gather_without_grad_scales_tower_gradients_by_one_over_world(tmp_path):
+    """gather_with_grad=False、local_loss=False：别的进程的特征是常数。经 DDP 平均后，
+    特征（因而两座塔）的梯度恰好是整批梯度的 1/W，1/τ 的梯度却是完整的。"""
     mp.spawn(_worker, args=(_free_port(), False, False, str(tmp_path)), nprocs=WORLD, join=True)
     img, txt = _global_batch()
     img.requires_grad_(True)
+    txt.requires_grad_(True)
+    scale = torch.tensor(1 / 0.07, dtype=torch.float64, requires_grad=True)
+    clip_loss(img, txt, scale).backward()
+    for rank in range(WORLD):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        sl = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
+        torch.testing.assert_close(got["img_grad"], img.grad[sl] / WORLD, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(got["txt_grad"], txt.grad[sl] / WORLD, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(got["scale_grad"], scale.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_gather_without_grad_and_local_loss_is_only_approximate(tmp_path):
+    """local_loss=True 时，本进程特征作为别的进程负样本的那部分梯度丢了：不再成比例。"""
+    mp.spawn(_worker, args=(_free_port(), True, False, str(tmp_path)), nprocs=WORLD, join=True)
+    img, txt = _global_batch()
+    img.requires_grad_(True)
     clip_loss(img, txt, torch.tensor(1 / 0.07, dtype=torch.float64)).backward()
-    got = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    assert not torch.allclose(got["img_grad"], img.grad[:B_LOCAL], rtol=1e-3, atol=1e-6)
+    got = torch.load(tmp_path / "rank0.pt", weights_only=True)["img_grad"]
+    want = img.grad[:B_LOCAL]
+    ratio = (got * want).sum() / (want * want).sum()   # 最小二乘比例
+    assert not torch.allclose(got, ratio * want, rtol=1e-3, atol=1e-6)

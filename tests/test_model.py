@@ -209,3 +209,20 @@ def test_quick_gelu_is_honoured():
     m = create_model(c)
     assert type(m.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
     assert type(create_model(shrunk_vit()).visual.transformer.resblocks[0].mlp.gelu) is torch.nn.GELU
+
+
+def test_clip_composes_text_tower_under_openai_key_names(tiny_model):
+    """文本塔的部件挂在 CLIP 顶层：键名与 OpenAI 一致，没有 text_tower. 前缀、没有重复，
+    换 dtype 之后塔与顶层仍是同一批参数。"""
+    keys = list(tiny_model.state_dict())
+    assert not any(k.startswith("text_tower.") for k in keys) and len(keys) == len(set(keys))
+    assert tiny_model.text_tower.token_embedding is tiny_model.token_embedding
+    assert tiny_model.text_tower.text_projection is tiny_model.text_projection
+    tiny_model.double()
+    assert tiny_model.text_tower.positional_embedding.dtype == torch.float64
+    tokens = torch.tensor([[2, 10, 11, 3, 0]])
+    with torch.no_grad():
+        tiny_model.text_projection.mul_(2)  # 改顶层参数，塔里看到的也变了
+    out = tiny_model.encode_text(tokens, normalize=False)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, tiny_model.text_tower(tokens))

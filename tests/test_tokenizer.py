@@ -53,6 +53,7 @@ def test_unknown_characters_become_unk(tok):
     assert ids[1] == UNK_ID and ids[2] == UNK_ID and ids[0] == tok.token_to_id["猫"]
 
 
+@pytest.mark.slow
 def test_vocab_identical_across_processes():
     code = "from clipedu.tokenizer import VOCAB; import hashlib; print(hashlib.sha256('\\n'.join(VOCAB).encode()).hexdigest())"
     runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout for _ in range(2)}

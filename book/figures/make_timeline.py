@@ -26,7 +26,8 @@ EVENTS = [
     (2020, "ERNIE-ViL", "融合式预训练", "yu2021ernievil"),
     (2021, "CLIP / ALIGN", "对比式双塔", "radford2021clip"),
     (2021, "DALL·E", "生成", "ramesh2021dalle"),
-    (2021, "文澜 BriVL / M6", "对比式双塔", "huo2021wenlan"),
+    (2021, "文澜 BriVL", "对比式双塔", "huo2021wenlan"),
+    (2021, "M6", "融合式预训练", "lin2021m6"),          # 统一的编码-解码 Transformer，不是双塔
     (2021, "Florence", "对比式双塔", "yuan2021florence"),
     (2022, "悟空 Wukong", "对比式双塔", "gu2022wukong"),
     (2022, "Flamingo", "多模态大语言模型", "alayrac2022flamingo"),

@@ -20,14 +20,19 @@ import torch
 from torch.utils.data import Dataset
 
 from .robust import (BadSample, BadSampleCounter, RobustDataset, clean_caption, decode_image,
-                     decode_line, load_with_substitutes, strict_error)
+                     decode_line, iter_lines, load_with_substitutes, open_regular, strict_error)
+
+MAX_IMAGE_LINE_BYTES = 64 * 2**20  # imgs.tsv 一行（id + base64 图像）的上限
 
 
 def split_files(root: str, split: str) -> tuple[str, str]:
     """返回 (imgs.tsv, texts.jsonl) 路径；缺文件时说明应有的布局。"""
     root = os.path.expanduser(root)
     imgs, texts = (os.path.join(root, f"{split}_imgs.tsv"), os.path.join(root, f"{split}_texts.jsonl"))
-    missing = [p for p in (imgs, texts) if not os.path.isfile(p)]
+    missing = [p for p in (imgs, texts) if not os.path.exists(p)]
+    for p in (imgs, texts):
+        if os.path.exists(p) and not os.path.isfile(p):
+            raise ValueError(f"{p} 不是普通文件（目录、FIFO 或设备）；请检查 --data-path/--root / not a regular file")
     if missing:
         raise FileNotFoundError(
             f"Chinese-CLIP 格式的数据目录 {root} 缺少 {missing}。应有 {split}_imgs.tsv（每行 image_id\\tbase64）"
@@ -45,10 +50,13 @@ class ImageTSV:
         self.offsets: dict[str, tuple[int, int]] = {}
         self._fh, self._pid = None, None
         offset = 0
-        with open(path, "rb") as f:
-            for lineno, raw in enumerate(f, start=1):
-                self._index_line(raw, offset, lineno, report)
-                offset += len(raw)
+        with open_regular(path) as f:
+            for lineno, (raw, size) in enumerate(iter_lines(f, MAX_IMAGE_LINE_BYTES), start=1):
+                if raw is None:
+                    report(BadSample("too_large", f"{path} 第 {lineno} 行", f"{size} 字节，超过上限"))
+                else:
+                    self._index_line(raw, offset, lineno, report)
+                offset += size
 
     def _index_line(self, raw: bytes, offset: int, lineno: int, report) -> None:
         where = f"{self.path} 第 {lineno} 行"
@@ -69,7 +77,7 @@ class ImageTSV:
     def read(self, image_id: str) -> bytes:
         """读出一张图的原始字节。每个 DataLoader worker 各开一个文件句柄（fork 后不能共用）。"""
         if self._fh is None or self._pid != os.getpid():
-            self._fh, self._pid = open(self.path, "rb"), os.getpid()
+            self._fh, self._pid = open_regular(self.path), os.getpid()
         offset, length = self.offsets[image_id]
         self._fh.seek(offset)
         data = self._fh.read(length).strip()
@@ -85,9 +93,12 @@ class ImageTSV:
 def read_texts(path: str, known_ids, report: Callable[[BadSample], None]) -> list[tuple[str, str, list[str]]]:
     """读 texts.jsonl，返回 [(text_id, text, [image_id, …])]；坏行交给 ``report``。"""
     texts, seen = [], set()
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
+    with open_regular(path) as f:
+        for lineno, (raw, size) in enumerate(iter_lines(f, 2**20), start=1):
             where = f"{path} 第 {lineno} 行"
+            if raw is None:
+                report(BadSample("malformed_row", where, f"一行有 {size} 字节，超过上限"))
+                continue
             if not raw.strip():
                 continue
             try:
@@ -144,8 +155,9 @@ class CnClipDataset(RobustDataset):
 class _ImagesOnly(Dataset):
     """检索评估用：按顺序给出每张图 ``(image, "", 图像序号)``，可直接交给 encode_dataset。"""
 
-    def __init__(self, tsv: ImageTSV, image_ids: list[str], transform, strict: bool):
+    def __init__(self, tsv: ImageTSV, image_ids: list[str], transform, strict: bool, counter: BadSampleCounter):
         self.tsv, self.image_ids, self.transform, self.strict = tsv, image_ids, transform, strict
+        self.counter, self.known_bad = counter, set()  # 坏图计入检索集的 bad_samples
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -156,8 +168,13 @@ class _ImagesOnly(Dataset):
         return (self.transform(image) if self.transform else image), "", k
 
     def __getitem__(self, k: int):
-        # 评估时坏图会被相邻的图替换并计数（sample.bad），检索指标因此略偏低而不是崩溃
-        return load_with_substitutes(len(self), k, self._load, self.strict)
+        # 评估时坏图被另一张好图替换并计数，检索指标因此略偏低而不是崩溃；比例超限则停止
+        sample = load_with_substitutes(len(self), k, self._load, self.strict, known_bad=self.known_bad)
+        for reason in sample.bad:
+            self.counter.add(reason, sample.where.get(reason, ""))
+            self.counter.seen -= 1  # 分母是文本数（建索引时已计），坏图只加分子
+        self.counter.check(force=True)
+        return sample
 
 
 @dataclass
@@ -182,7 +199,7 @@ def load_retrieval_set(root: str, split: str = "valid", transform: Optional[Call
     def report(bad: BadSample) -> None:
         if strict:
             raise strict_error(bad)
-        counter.add(bad.reason, bad.where)
+        counter.add(bad.reason, bad.describe())
 
     tsv = ImageTSV(imgs_path, report)
     texts = read_texts(texts_path, tsv.offsets, report)
@@ -194,7 +211,7 @@ def load_retrieval_set(root: str, split: str = "valid", transform: Optional[Call
     if not texts:
         raise ValueError(f"{texts_path} 里没有可用的文本；坏行统计：{counter.to_dict()}")
     return RetrievalSet(
-        images=_ImagesOnly(tsv, image_ids, transform, strict),
+        images=_ImagesOnly(tsv, image_ids, transform, strict, counter),
         captions=[t for _, t, _ in texts],
         text_to_image=torch.tensor([position[ids[0]] for _, _, ids in texts], dtype=torch.long),
         image_ids=image_ids,

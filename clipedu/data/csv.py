@@ -13,7 +13,10 @@ import csv as _csv
 import os
 from typing import Callable, Optional
 
-from .robust import BadSample, RobustDataset, clean_caption, decode_image, decode_line
+from .robust import (BadSample, RobustDataset, clean_caption, decode_image, decode_line, iter_lines,
+                     open_regular, require_regular_file)
+
+MAX_ROW_BYTES = 2**20  # 一行（图像路径 + 文本）的上限；更长的多半是误指的二进制文件
 
 
 def separator_for(path: str, sep: Optional[str] = None) -> str:
@@ -29,11 +32,13 @@ def read_rows(path: str, sep: str, encoding: str = "utf-8"):
     行号从 1 开始，第 1 行是表头——与文本编辑器里看到的一致，报错时好定位。
     不支持带引号的跨行字段（open_clip 的数据也不用）。
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"找不到表格文件 {path}；请检查 --data-path / file not found")
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
+    require_regular_file(path, "表格文件", "--data-path/--csv")
+    with open_regular(path) as f:
+        for lineno, (raw, size) in enumerate(iter_lines(f, MAX_ROW_BYTES), start=1):
             where = f"{path} 第 {lineno} 行"
+            if raw is None:
+                yield lineno, BadSample("malformed_row", where, f"一行有 {size} 字节，超过上限 {MAX_ROW_BYTES}")
+                continue
             if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]  # Excel 导出的 UTF-8 带 BOM
             try:
@@ -63,14 +68,14 @@ class CsvDataset(RobustDataset):
     def _header(self, rows, img_key: str, caption_key: str) -> tuple[int, int]:
         for lineno, fields in rows:
             if isinstance(fields, BadSample):
-                raise ValueError(f"{self.path} 的表头无法解码：{fields.detail}")
+                raise ValueError(f"{self.path} 的表头无法解码：{fields.detail} / cannot decode header")
             missing = [k for k in (img_key, caption_key) if k not in fields]
             if missing:
                 sep_name = "制表符" if self.sep == "\t" else repr(self.sep)
                 raise ValueError(
                     f"{self.path} 的表头缺少列 {missing}；表头为 {fields}（按分隔符 {sep_name} 切分）。"
-                    "请用 img_key/caption_key（命令行 --csv-img-key/--csv-caption-key）指定列名，"
-                    "或用 sep 指定分隔符 / missing columns"
+                    "请用 --csv-img-key/--csv-caption-key 指定列名（API：img_key/caption_key），"
+                    "或用 --csv-separator 指定分隔符（API：sep） / missing columns"
                 )
             return fields.index(img_key), fields.index(caption_key)
         raise ValueError(f"{self.path} 是空文件；第一行应为表头，如 'filepath{self.sep}title'")

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset, IterableDataset
 
 from ..config import TrainConfig
 
-TRAIN_DATASETS = ("shapes", "digits", "csv", "cn-clip", "wds")
+from ..config import TRAIN_DATASETS  # noqa: E402  一份名单：配置校验与这里共用
 
 
 def _need_path(cfg: TrainConfig) -> str:
@@ -37,7 +37,8 @@ def build_train_dataset(cfg: TrainConfig, image_size: int) -> Dataset | Iterable
     if name == "csv":
         from .csv import CsvDataset
         from . import train_transform
-        return CsvDataset(_need_path(cfg), transform=train_transform(image_size),
+        return CsvDataset(_need_path(cfg), transform=train_transform(image_size), img_key=cfg.csv_img_key,
+                          caption_key=cfg.csv_caption_key, sep=cfg.csv_separator, encoding=cfg.encoding,
                           strict=cfg.strict, max_bad_fraction=cfg.max_bad_fraction)
     if name == "cn-clip":
         from .cnclip import CnClipDataset
@@ -48,7 +49,7 @@ def build_train_dataset(cfg: TrainConfig, image_size: int) -> Dataset | Iterable
         from .wds import build_wds_dataset
         from . import train_transform
         return build_wds_dataset(_need_path(cfg), transform=train_transform(image_size), seed=cfg.seed,
-                                 strict=cfg.strict)
+                                 strict=cfg.strict, max_bad_fraction=cfg.max_bad_fraction)
     raise ValueError(f"未知数据集 {name!r}；可选：{', '.join(TRAIN_DATASETS)} / unknown dataset")
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import io
 import os
+import random
+import stat
 from collections import Counter
 from typing import Callable, NamedTuple, Optional
 
@@ -29,7 +31,12 @@ REASONS = (
     "duplicate_id",     # 图像或文本 id 重复（保留第一个）
     "unknown_image_id", # 文本引用了不存在的图像 id
     "bad_tar_member",   # WebDataset 分片里读不出的条目
+    "not_regular_file", # 路径指向目录、FIFO、设备等，不是普通文件（读它可能永远阻塞）
+    "too_large",        # 文件超过大小上限
 )
+
+# 单张图像文件的大小上限：真实照片远小于它；更大的多半是误指的别的文件，整读进内存得不偿失
+MAX_IMAGE_BYTES = 256 * 2**20
 
 
 class BadSample(Exception):
@@ -38,6 +45,10 @@ class BadSample(Exception):
     def __init__(self, reason: str, where: str, detail: str = ""):
         super().__init__(f"{reason}: {where} {detail}".strip())
         self.reason, self.where, self.detail = reason, where, detail
+
+    def describe(self) -> str:
+        """出处加原因细节，写进计数器的例子里，报错时用户能看到该怎么改（如 --encoding）。"""
+        return f"{self.where}（{self.detail}）" if self.detail else self.where
 
 
 class BadSampleError(ValueError):
@@ -81,10 +92,12 @@ class BadSampleCounter:
         self.seen += n
 
     def update(self, batch) -> None:
-        """累加一个 ``Batch``（collate 的输出）带回的计数。"""
+        """累加一个 ``Batch``（collate 的输出）带回的计数与出处。"""
         self.seen += int(getattr(batch, "seen", 0))
         for reason, n in getattr(batch, "bad", {}).items():
             self.counts[reason] += n
+        for reason, where in (getattr(batch, "examples", None) or {}).items():
+            self.examples.setdefault(reason, where)
 
     def merge(self, other: "BadSampleCounter") -> None:
         self.seen += other.seen
@@ -144,17 +157,75 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L、1、CMYK、YCbCr、LAB、HSV
 
 
-def decode_image(data: bytes | str | os.PathLike, where: str = "") -> Image.Image:
-    """读图并转成 RGB；失败时抛 BadSample（missing_file / corrupt_image），从不抛别的。"""
-    where = where or str(data if not isinstance(data, bytes) else "<bytes>")
+def open_regular(path: str | os.PathLike, max_bytes: Optional[int] = None):
+    """只打开普通文件（跟随符号链接）：目录、FIFO、设备、套接字一律拒绝，读它们可能永远阻塞或读不完。
+
+    用 O_NONBLOCK 打开，所以即使路径是 FIFO 也不会卡在 open 上；返回二进制文件对象。
+    失败时抛 OSError（不存在、没权限）或 BadSample（not_regular_file / too_large）。
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
-        if isinstance(data, (bytes, bytearray)):
-            fp = io.BytesIO(data)
-        else:
-            with open(data, "rb") as f:
-                fp = io.BytesIO(f.read())
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadSample("not_regular_file", str(path), "不是普通文件（目录、FIFO 或设备）")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise BadSample("too_large", str(path), f"{st.st_size} 字节，超过上限 {max_bytes}")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def iter_lines(f, max_bytes: int):
+    """逐行读二进制文件，产出 ``(行字节, 字节数)``；超过 ``max_bytes`` 的行产出 ``(None, 字节数)``，
+    且不整行读进内存（一个没有换行的巨大文件不会吃光内存）。"""
+    while True:
+        raw = f.readline(max_bytes + 1)
+        if not raw:
+            return
+        if len(raw) <= max_bytes or raw.endswith(b"\n"):
+            yield raw, len(raw)
+            continue
+        n = len(raw)
+        while not raw.endswith(b"\n"):
+            raw = f.readline(1 << 20)
+            if not raw:
+                break
+            n += len(raw)
+        yield None, n
+
+
+def require_regular_file(path: str | os.PathLike, what: str, flag: str) -> str:
+    """用户给出的文件路径：不存在或不是普通文件时抛清楚的错误，指明旗标。"""
+    path = os.path.expanduser(str(path))
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"找不到{what} {path}；请检查 {flag} / file not found")
+    if not os.path.isfile(path):
+        raise ValueError(f"{flag} {path} 不是普通文件（是目录、FIFO 或设备）；请给出{what}的路径 / not a regular file")
+    return path
+
+
+def read_file_bytes(path: str | os.PathLike, where: str = "", max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    """读出一个普通文件的全部字节；任何问题都变成 BadSample，从不阻塞、从不读无限长的设备。"""
+    where = where or str(path)
+    try:
+        with open_regular(path, max_bytes) as f:
+            return f.read(max_bytes + 1)
+    except BadSample as e:
+        raise BadSample(e.reason, where, e.detail) from None
     except OSError as e:
         raise BadSample("missing_file", where, f"{type(e).__name__}: {e}") from None
+
+
+def decode_image(data: bytes | str | os.PathLike, where: str = "") -> Image.Image:
+    """读图并转成 RGB；失败时抛 BadSample（missing_file / corrupt_image 等），从不抛别的。"""
+    where = where or str(data if not isinstance(data, bytes) else "<bytes>")
+    if isinstance(data, (bytes, bytearray)):
+        fp = io.BytesIO(data)
+    else:
+        fp = io.BytesIO(read_file_bytes(data, where))
     try:
         # 截断的文件要到真正解码像素时才报错；load() 放在这里，让错误发生在 try 之内
         with Image.open(fp) as img:
@@ -181,21 +252,23 @@ def decode_line(raw: bytes, encoding: str, where: str) -> str:
         return raw.decode(encoding).rstrip("\r\n")
     except UnicodeDecodeError as e:
         raise BadSample("bad_encoding", where,
-                        f"不是 {encoding} 编码（{e.reason}）；若文件是 GBK，请传 encoding='gb18030'") from None
+                        f"不是 {encoding} 编码（{e.reason}）；若文件是 GBK，请加 --encoding gb18030（API：encoding=） / bad encoding") from None
 
 
 # ---------------------------------------------------------------- 样本、批与替换
 
 class Sample(tuple):
-    """``(image, caption, label)``，外加 ``bad``：在它之前被跳过的坏样本原因列表。"""
+    """``(image, caption, label)``，外加 ``bad``：在它之前被跳过的坏样本原因列表，
+    ``where``：原因 → 一个出处（文件、行或分片），报错时用来指明是哪里坏了。"""
 
-    def __new__(cls, image, caption, label, bad=()):
+    def __new__(cls, image, caption, label, bad=(), where=None):
         obj = super().__new__(cls, (image, caption, label))
         obj.bad = list(bad)
+        obj.where = dict(where or {})
         return obj
 
-    def __reduce__(self):  # 让 worker 进程 pickle 时带上 bad
-        return (Sample, (self[0], self[1], self[2], self.bad))
+    def __reduce__(self):  # 让 worker 进程 pickle 时带上 bad 与 where
+        return (Sample, (self[0], self[1], self[2], self.bad, self.where))
 
 
 class Batch(NamedTuple):
@@ -205,6 +278,7 @@ class Batch(NamedTuple):
     labels: torch.Tensor      # (B,)，没有类别时为 -1
     bad: dict                 # 原因 -> 本批跳过的个数
     seen: int                 # 本批尝试读取的样本数 = B + 跳过数
+    examples: dict = {}       # 原因 -> 一个出处（文件、行或分片）
 
 
 def collate(batch: list) -> Batch:
@@ -212,35 +286,51 @@ def collate(batch: list) -> Batch:
     if not batch:
         raise ValueError("collate 收到空列表 / empty batch")
     bad: Counter = Counter()
+    examples: dict = {}
     for s in batch:
         bad.update(getattr(s, "bad", ()))
+        for reason, where in getattr(s, "where", {}).items():
+            examples.setdefault(reason, where)
     images = torch.stack([s[0] for s in batch])
     labels = torch.as_tensor([int(s[2]) for s in batch], dtype=torch.long)
-    return Batch(images, [s[1] for s in batch], labels, dict(bad), len(batch) + sum(bad.values()))
+    return Batch(images, [s[1] for s in batch], labels, dict(bad), len(batch) + sum(bad.values()), examples)
 
 
 def load_with_substitutes(n: int, index: int, load: Callable[[int], tuple], strict: bool,
-                          max_tries: int = 64) -> Sample:
-    """读第 ``index`` 个样本；坏了就确定性地依次试 index+1, index+2, …，保持批大小不变。
+                          max_tries: int = 64, known_bad: Optional[set] = None) -> Sample:
+    """读第 ``index`` 个样本；坏了就换一个随机的好样本，保持批大小不变。
 
-    跳过的原因都记进返回样本的 ``bad``。strict 时第一个坏样本就报错。
+    只记第 ``index`` 个自己的坏原因：每个下标每轮只被要求一次，所以每个坏样本每轮恰好计一次，
+    试替补时碰到的坏样本不计（轮到它自己时才计），只记进 ``known_bad``，以后不再选它。
+    替补按 (index, 第几次) 确定性地随机抽取，所以一整块连续的坏行也不会耗尽尝试次数；
+    只有坏样本占了绝大多数时才会连续 ``max_tries`` 次抽不到好样本而报错。strict 时第一个坏样本就报错。
     """
     if not 0 <= index < n:
         raise IndexError(f"下标 {index} 超出范围 [0, {n})")
-    bad: list[str] = []
-    first: Optional[BadSample] = None
-    for k in range(min(max_tries, n)):
+    known_bad = set() if known_bad is None else known_bad
+    try:
+        image, caption, label = load(index)
+        return Sample(image, caption, label)
+    except BadSample as e:
+        if strict:
+            raise strict_error(e) from None
+        known_bad.add(index)
+        first = e
+    rng = random.Random(index * 1_000_003 + n)
+    for _ in range(max_tries):
+        if len(known_bad) >= n:
+            break
+        j = rng.randrange(n)
+        if j in known_bad:
+            continue
         try:
-            image, caption, label = load((index + k) % n)
-            return Sample(image, caption, label, bad)
-        except BadSample as e:
-            if strict:
-                raise strict_error(e) from None
-            bad.append(e.reason)
-            first = first or e
+            image, caption, label = load(j)
+            return Sample(image, caption, label, [first.reason], {first.reason: first.describe()})
+        except BadSample:
+            known_bad.add(j)
     raise BadSampleError(
-        f"从第 {index} 个样本起连续 {len(bad)} 个都是坏样本，找不到可替换的好样本；"
-        f"第一个：{first}。请检查数据 / too many consecutive bad samples"
+        f"第 {index} 个样本是坏的（{first}），随机试了 {max_tries} 个替补也都是坏样本（已知坏样本 "
+        f"{len(known_bad)}/{n} 个）；数据几乎全坏，请检查数据 / too many bad samples"
     )
 
 
@@ -253,11 +343,14 @@ class RobustDataset(Dataset):
     def __init__(self, strict: bool = False, max_bad_fraction: float = 0.01):
         self.strict = strict
         self.index_counter = BadSampleCounter(max_bad_fraction, min_seen=0)
+        # 本进程读样本时发现的坏样本（评估在主进程里读，用它报告；训练另由 Batch 把计数带回）
+        self.load_counter = BadSampleCounter(max_bad_fraction)
+        self.known_bad: set = set()
 
     def index_problem(self, bad: BadSample) -> None:
         if self.strict:
             raise strict_error(bad)
-        self.index_counter.add(bad.reason, bad.where)
+        self.index_counter.add(bad.reason, bad.describe())
 
     def finish_index(self, n_good: int) -> None:
         """建完索引：记下好行数，坏行比例超限就报错，一个好样本都没有也报错。"""
@@ -271,11 +364,25 @@ class RobustDataset(Dataset):
         raise NotImplementedError
 
     def __getitem__(self, index: int) -> Sample:
-        return load_with_substitutes(len(self), index, self.load, self.strict)
+        sample = load_with_substitutes(len(self), index, self.load, self.strict, known_bad=self.known_bad)
+        self.load_counter.add_good(1)
+        for reason in sample.bad:
+            self.load_counter.add(reason, sample.where.get(reason, ""))
+        self.load_counter.check()
+        return sample
+
+    def bad_samples(self) -> BadSampleCounter:
+        """建索引与本进程读取时发现的全部坏样本（评估报告用）。"""
+        total = BadSampleCounter(self.index_counter.max_bad_fraction, min_seen=0)
+        total.merge(self.index_counter)
+        total.merge(self.load_counter)
+        # 分母是建索引时检查过的行数；读取时才发现坏的样本都在这些行里，不能再算一遍
+        total.seen = max(self.index_counter.seen, self.load_counter.seen)
+        return total
 
 
 __all__ = [
-    "RobustDataset",
+    "RobustDataset", "MAX_IMAGE_BYTES", "iter_lines", "open_regular", "read_file_bytes", "require_regular_file",
     "REASONS", "BadSample", "BadSampleError", "BadSampleCounter", "to_rgb", "decode_image",
     "clean_caption", "decode_line", "Sample", "Batch", "collate", "load_with_substitutes", "strict_error",
 ]

@@ -18,14 +18,18 @@ from typing import Callable, Optional
 import webdataset as wds
 from torch.utils.data import IterableDataset
 
-from .robust import BadSample, Sample, clean_caption, decode_image, decode_line, strict_error
+from .robust import (BadSample, BadSampleCounter, BadSampleError, Sample, clean_caption, decode_image,
+                     decode_line, strict_error)
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "ppm")
+IMAGE_EXTS = ("jpg", "jpeg", "jfif", "png", "webp", "bmp", "tif", "tiff", "gif", "ppm", "pgm", "pbm", "pnm")
+# PIL 的格式名 → 分片里的扩展名（data shard 按图像的真实格式取名，不按原文件名，见 shard.py）
+FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff", "GIF": "gif", "PPM": "ppm"}
+MAX_CONSECUTIVE_BAD = 200  # 连续这么多个坏样本就停：数据多半整体坏了，再读下去只是空转
 
 
 def expand_shards(spec) -> list[str]:
     """分片说明 → 本地 tar 文件列表：目录、花括号模式 ``shard-{000000..000009}.tar``、
-    ``::`` 连接的多个模式，或它们组成的列表。"""
+    ``::`` 连接的多个模式，或它们组成的列表。只接受普通文件（FIFO、设备会让读取永远阻塞）。"""
     if isinstance(spec, (list, tuple)):
         return [u for s in spec for u in expand_shards(s)]
     spec = os.path.expanduser(str(spec))
@@ -33,23 +37,44 @@ def expand_shards(spec) -> list[str]:
         urls = sorted(glob.glob(os.path.join(spec, "*.tar")))
         if not urls:
             raise FileNotFoundError(f"目录 {spec} 里没有 .tar 分片；请先用 python -m clipedu data shard 生成")
-        return urls
-    urls = wds.shardlists.expand_urls(spec)
-    missing = [u for u in urls if not os.path.isfile(u)]
+    else:
+        urls = wds.shardlists.expand_urls(spec)
+    missing = [u for u in urls if not os.path.exists(u)]
     if missing:
         raise FileNotFoundError(f"找不到分片 {missing[:3]}{' 等' if len(missing) > 3 else ''}"
                                 f"（共 {len(missing)} 个）；分片说明为 {spec!r}")
+    odd = [u for u in urls if not os.path.isfile(u)]
+    if odd:
+        raise ValueError(f"分片 {odd[:3]} 不是普通文件（目录、FIFO 或设备）；请检查 --data-path / not a regular file")
     return urls
 
 
-class ShardList(IterableDataset):
-    """产出 ``{"url": 分片}``；每轮用 (seed, 轮次) 打乱，``repeat`` 时无限循环（训练按步数停）。"""
+class _PassGuard:
+    """同一个 worker 里 ShardList 与计数级共用的小账本：这一轮从 tar 里读出了多少条目。"""
 
-    def __init__(self, urls: list[str], seed: int = 0, shuffle: bool = True, repeat: bool = True):
+    def __init__(self):
+        self.raw = 0
+
+    def count(self, src):
+        for sample in src:
+            self.raw += 1
+            yield sample
+
+
+class ShardList(IterableDataset):
+    """产出本进程、本 worker 的 ``{"url": 分片}``；每轮用 (seed, 轮次) 打乱，``repeat`` 时无限循环（训练按步数停）。
+
+    切分与 ``wds.split_by_node`` 再 ``wds.split_by_worker`` 相同：``urls[rank::world][worker::workers]``。
+    无限循环时，若一整轮分片没读出任何条目（0 字节、不是 tar、空 tar），就报错而不是空转。
+    """
+
+    def __init__(self, urls: list[str], seed: int = 0, shuffle: bool = True, repeat: bool = True,
+                 guard: _PassGuard | None = None):
         self.urls, self.seed, self.shuffle, self.repeat = list(urls), seed, shuffle, repeat
+        self.guard = guard or _PassGuard()
 
     def __iter__(self):
-        rank, world, _, workers = wds.utils.pytorch_worker_info()
+        rank, world, worker, workers = wds.utils.pytorch_worker_info()
         if len(self.urls) < world * workers:
             # 否则有的 worker 一个分片也分不到：无限循环时它永远产不出样本
             raise ValueError(f"分片数 {len(self.urls)} 少于 进程数 {world} × 每进程 worker 数 {workers}；"
@@ -59,26 +84,53 @@ class ShardList(IterableDataset):
             urls = list(self.urls)
             if self.shuffle:  # 所有 rank 用同一个种子，打乱结果相同，切分后才互不重叠
                 random.Random(self.seed * 100003 + epoch).shuffle(urls)
-            for url in urls:
+            mine = urls[rank::world][worker::workers]
+            self.guard.raw = 0
+            for url in mine:
                 yield {"url": url}
             epoch += 1
             if not self.repeat:
                 return
+            if self.guard.raw == 0:
+                raise BadSampleError(
+                    f"读完一整轮分片 {sorted(mine)[:5]}{' 等' if len(mine) > 5 else ''}，一个条目也没读出："
+                    "分片是空的、0 字节、不是 tar 或已损坏。请重新生成分片（python -m clipedu data shard） "
+                    "/ no readable sample in shards")
 
 
 class RobustDecode:
-    """流水线最后一级：dict 样本 → ``Sample(image, caption, -1)``；坏的跳过并记进下一个好样本。"""
+    """流水线最后一级：dict 样本 → ``Sample(image, caption, -1)``；坏的跳过并记进下一个好样本。
 
-    def __init__(self, transform: Optional[Callable], strict: bool):
+    两道上限：连续 ``max_consecutive_bad`` 个坏样本，或本 worker 的坏样本比例超过 ``max_bad_fraction``，
+    都会报错并指明分片，而不是在坏数据上无限空转。
+    """
+
+    def __init__(self, transform: Optional[Callable], strict: bool, max_bad_fraction: float = 0.01,
+                 max_consecutive_bad: int = MAX_CONSECUTIVE_BAD):
         self.transform, self.strict = transform, strict
+        self.max_consecutive_bad = max_consecutive_bad
+        self.counter = BadSampleCounter(max_bad_fraction)
+        self.consecutive = 0
         self.pending: list[str] = []  # 本进程内尚未交出的坏样本原因（含 tar 读取错误）
+        self.pending_where: dict[str, str] = {}
+
+    def _bad(self, bad: BadSample) -> None:
+        if self.strict:
+            raise strict_error(bad)
+        self.pending.append(bad.reason)
+        self.pending_where.setdefault(bad.reason, bad.describe())
+        self.counter.add(bad.reason, bad.describe())
+        self.consecutive += 1
+        if self.consecutive >= self.max_consecutive_bad:
+            raise BadSampleError(
+                f"连续 {self.consecutive} 个坏样本，最近一个：{bad.where}（{bad.reason}：{bad.detail}）。"
+                f"分片里多半没有可用的图文对；请检查或重新生成分片 / too many consecutive bad samples")
+        self.counter.check()
 
     def on_tar_error(self, exn: Exception) -> bool:
         """给 webdataset 的 handler：记下读不出的条目，继续读。"""
-        bad = BadSample("bad_tar_member", " ".join(str(a) for a in exn.args if a), type(exn).__name__)
-        if self.strict:
-            raise strict_error(bad) from exn
-        self.pending.append(bad.reason)
+        where = " ".join(str(a) for a in exn.args if a) or "tar"
+        self._bad(BadSample("bad_tar_member", where, type(exn).__name__))
         return True
 
     def decode(self, sample: dict) -> tuple:
@@ -95,26 +147,28 @@ class RobustDecode:
             try:
                 image, caption = self.decode(sample)
             except BadSample as e:
-                if self.strict:
-                    raise strict_error(e) from None
-                self.pending.append(e.reason)
+                self._bad(e)
                 continue
-            out = Sample(image, caption, -1, self.pending)
-            self.pending = []
+            self.consecutive = 0
+            self.counter.add_good()
+            out = Sample(image, caption, -1, self.pending, self.pending_where)
+            self.pending, self.pending_where = [], {}
             yield out
 
 
 def build_wds_dataset(shards, transform: Optional[Callable] = None, seed: int = 0, shuffle_buffer: int = 1000,
-                      repeat: bool = True, strict: bool = False) -> wds.DataPipeline:
+                      repeat: bool = True, strict: bool = False, max_bad_fraction: float = 0.01,
+                      max_consecutive_bad: int = MAX_CONSECUTIVE_BAD) -> wds.DataPipeline:
     """流式训练集（IterableDataset）。``repeat=False`` 时只读一遍，适合评估或检查分片。"""
     urls = expand_shards(shards)
-    decode = RobustDecode(transform, strict)
-    stages = [ShardList(urls, seed=seed, shuffle=repeat, repeat=repeat), wds.split_by_node, wds.split_by_worker,
-              wds.tarfile_to_samples(handler=decode.on_tar_error)]
+    decode = RobustDecode(transform, strict, max_bad_fraction, max_consecutive_bad)
+    guard = _PassGuard()
+    stages = [ShardList(urls, seed=seed, shuffle=repeat, repeat=repeat, guard=guard),
+              wds.tarfile_to_samples(handler=decode.on_tar_error), guard.count]
     if shuffle_buffer > 1:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(100, shuffle_buffer), seed=seed))
     stages.append(decode)
     return wds.DataPipeline(*stages)
 
 
-__all__ = ["IMAGE_EXTS", "ShardList", "RobustDecode", "build_wds_dataset", "expand_shards"]
+__all__ = ["IMAGE_EXTS", "FORMAT_EXT", "MAX_CONSECUTIVE_BAD", "ShardList", "RobustDecode", "build_wds_dataset", "expand_shards"]

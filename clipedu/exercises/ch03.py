@@ -9,6 +9,7 @@ from ._checker import CheckFailure, Mistake, as_tensor, check_callable, expect_c
 
 def check_patchify(fn, verbose: bool = True):
     """检查 ``fn(images [B, C, H, W], patch_size) -> [B, N, C*p*p]``：把图像切成不重叠的图块并展平。
+    对应练习 ``ex-ch03-patchify``。
 
     图块按行优先排列（先从左到右，再从上到下）；每个图块按 (C, p, p) 的顺序展平，
     与 ViT 中步长为 p 的卷积 ``conv1`` 的权重 ``weight.reshape(width, -1)`` 一一对应。
@@ -41,6 +42,7 @@ def check_patchify(fn, verbose: bool = True):
 
 def check_zero_shot_predict(fn, verbose: bool = True):
     """检查 ``fn(image_features [N, D], class_text_features [C, D]) -> LongTensor[N]``：零样本预测。
+    对应练习 ``ex-ch03-zero-shot``。
 
     两组特征都**未归一化**；预测 = 与图像余弦相似度最高的类别下标（第 3 章 sec-zero-shot 的第 3、4 步）。
     """
@@ -73,6 +75,7 @@ def check_zero_shot_predict(fn, verbose: bool = True):
 
 def check_prompt_ensemble(fn, verbose: bool = True):
     """检查 ``fn(template_features [C, T, D]) -> classifier [D, C]``：提示集成。
+    对应练习 ``ex-ch03-ensemble``。
 
     每个类别有 T 个模板的文本特征（未归一化）：先逐个 L2 归一化，再在模板维上取平均，
     最后再 L2 归一化；返回形状与 ``clipedu.zero_shot_classifier`` 相同的 [D, C]。

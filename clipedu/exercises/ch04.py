@@ -17,6 +17,7 @@ def _cosine(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
 
 def check_similarity_matrix(fn, verbose: bool = True):
     """检查 ``fn(image_features [N, D], text_features [M, D]) -> [N, M]`` 余弦相似度矩阵。
+    对应练习 ``ex-ch04-similarity``。
 
     输入特征**未归一化**；第 i 行第 j 列应为 sim(图像 i, 文本 j)（式 eq-cosine）。
     """
@@ -54,6 +55,7 @@ def _infonce_parts(img, txt, tau):
 
 def check_infonce(fn, verbose: bool = True):
     """检查 ``fn(image_features [N, D], text_features [N, D], tau: float) -> 标量``：对称 InfoNCE。
+    对应练习 ``ex-ch04-infonce``。
 
     输入特征**未归一化**；损失 = (图像→文本的交叉熵 + 文本→图像的交叉熵) / 2，logits = sim / τ
     （式 eq-infonce）。第 i 张图像与第 i 条文本是正样本对。
@@ -103,6 +105,7 @@ def _softmax_grads(sim, tau):
 
 def check_infonce_grad(fn, direction: str = "symmetric", verbose: bool = True):
     """检查 ``fn(sim [N, N], tau) -> ∂L/∂sim [N, N]``（式 eq-grad 与 eq-grad-sym）。
+    对应练习 ``ex-ch04-grad``。
 
     ``direction="symmetric"``：L 为对称平均损失，梯度 (P_row − I + P_col − I) / (2Nτ)，
     其中 P_row 按行、P_col 按列做 softmax；``direction="i2t"``：L 只含图像→文本方向，梯度 (P_row − I)/(Nτ)。

@@ -26,6 +26,7 @@ def _log_lines(n: int, seed: int) -> list[str]:
 
 def check_log_reader(fn, verbose: bool = True):
     """检查 ``fn(path) -> list[dict]``：读 ``log.jsonl``，每行一个 JSON 对象，按文件顺序返回。
+    对应练习 ``ex-ch05-log-reader``。
 
     训练进程被杀（SIGKILL）时最后一行可能只写了一半；空行也可能出现。两者都应跳过，
     其余记录一条不少（与 ``clipedu.run_log.read_log`` 的约定相同）。
@@ -64,6 +65,7 @@ def check_log_reader(fn, verbose: bool = True):
 
 def check_lr_schedule(fn, verbose: bool = True):
     """检查 ``fn(step, warmup_steps, total_steps) -> float``：学习率倍数（乘以峰值学习率即为学习率）。
+    对应练习 ``ex-ch05-lr``。
 
     ``step`` 从 0 起；前 ``warmup_steps`` 步线性预热，第 0 步为 1/warmup、第 warmup−1 步为 1；
     之后按余弦从 1 降到 0，在 total_steps 处为 0，超过之后保持 0（与 ``clipedu.optim.warmup_cosine`` 相同）。

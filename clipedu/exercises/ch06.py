@@ -9,6 +9,7 @@ from ._checker import CheckFailure, Mistake, as_tensor, check_callable, expect_c
 
 def check_topk_search(fn, verbose: bool = True):
     """检查 ``fn(query [D], gallery [N, D], k) -> LongTensor[k]``：以余弦相似度从大到小返回前 k 个图库下标。
+    对应练习 ``ex-ch06-topk``。
 
     query 与 gallery 都**未归一化**（图库向量长短不一），第 0 个是最相似的。
     """
@@ -48,6 +49,7 @@ def _t2i_recall(text_emb, image_emb, text_to_image, k):
 
 def check_recall_at_k(fn, verbose: bool = True):
     """检查 ``fn(text_emb [Nt, D], image_emb [Ni, D], text_to_image [Nt], k) -> float``：文→图 R@k。
+    对应练习 ``ex-ch06-recall``。
 
     两组特征都已 L2 归一化；``text_to_image[t]`` 是第 t 条文本的正确图像。R@k = 正确图像排进前 k 的文本比例，
     一张图可以有多条文本（与 ``clipedu.retrieval_metrics`` 的 ``t2i_R@k`` 相同）。
@@ -85,6 +87,7 @@ def check_recall_at_k(fn, verbose: bool = True):
 
 def check_near_duplicates(fn, verbose: bool = True):
     """检查 ``fn(embeddings [N, D], threshold) -> list[(i, j)]``：余弦相似度 ≥ threshold 的所有图像对。
+    对应练习 ``ex-ch06-dups``。
 
     特征**未归一化**；只返回 i < j 的对（不含自己与自己，也不重复列出 (j, i)），按 (i, j) 升序。
     """

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .render import render_batch
-from .shapes import CHUNK, COLORS, SHAPES, _as_index, sample_colors, sample_layout
-from .transforms import normalize_uint8
+from ..data.render import render_batch
+from ..data.shapes import CHUNK, COLORS, SHAPES, _as_index, sample_colors, sample_layout
+from ..data.transforms import normalize_uint8
 
 ANSWERS = ["是", "否"] + list(COLORS) + list(SHAPES)
 YES, NO = 0, 1

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pybtex.database
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIB = ROOT / "book" / "references.bib"
 ARXIV_ID = re.compile(r"^(\d{4}\.\d{4,5}|[a-z\-]+(\.[A-Z]{2})?/\d{7})$")
 DOI = re.compile(r"^10\.\d{4,9}/\S+$")

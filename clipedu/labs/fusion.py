@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .tokenizer import PAD_ID, VOCAB_SIZE
+from ..tokenizer import PAD_ID, VOCAB_SIZE
 
 
 @dataclass

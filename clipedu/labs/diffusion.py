@@ -260,14 +260,14 @@ def train_diffusion(model: nn.Module, diffusion: GaussianDiffusion, x0: torch.Te
 # ---- 与 CLIP 对接：像素空间 [-1, 1] ↔ CLIP 归一化 ----
 def clip_to_pixels(images: torch.Tensor, size: Optional[int] = None) -> torch.Tensor:
     """CLIP 归一化的图像 → 扩散模型用的 [-1, 1] 像素；给 size 时用 2×2 平均池化等方式缩到该边长。"""
-    from .data import denormalize
+    from ..data import denormalize
     x = denormalize(images) * 2 - 1
     return x if size is None or size == x.shape[-1] else F.interpolate(x, size=size, mode="area")
 
 
 def pixels_to_clip(x: torch.Tensor, size: int = 32) -> torch.Tensor:
     """[-1, 1] 像素 → CLIP 归一化并双线性放大到 size（CLIP 在 32 px 上训练，生成图只有 16 px）。"""
-    from .data import CLIP_MEAN, CLIP_STD
+    from ..data import CLIP_MEAN, CLIP_STD
     x = (x.clamp(-1, 1) + 1) / 2
     if x.shape[-1] != size:
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-BOOK = Path(__file__).resolve().parents[1] / "book"
+BOOK = Path(__file__).resolve().parents[2] / "book"
 CHAPTERS = ["ch01_background.md", "ch02_concepts.md", "ch07_resources.md", "ch08_future.md", "ch09_faq.md"]
 
 # 一个指令块：3 个以上反引号 + {exercise|solution} ... 到同样长度的闭合反引号。

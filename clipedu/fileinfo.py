@@ -1,0 +1,63 @@
+"""认出 clipedu 自己写的权重文件，免得把它当成 OpenAI 权重去“推断”结构（见第 5 章 sec-code-pretrained）。
+
+``load_pretrained`` 按 OpenAI 的约定从张量形状推断结构（头数 = 宽度 // 64、EOS = 词表最后一个 id、QuickGELU），
+这对 clipedu 训练的小模型是错的：tiny-cpu 的头数、中文词表的 EOS id、GELU 都不同。
+clipedu 的检查点（``.pt``）与导出的 ``.safetensors`` 都带着模型配置，照它建模型才对。
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+FORMAT = "clipedu-checkpoint"
+
+
+def stored_config(path: str):
+    """clipedu 写的文件 → 其中保存的 ``CLIPConfig``；别的文件（OpenAI、open_clip）→ None。"""
+    from .config import CLIPConfig
+
+    path = str(path)
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") == FORMAT and "config" in meta:
+            return CLIPConfig.from_dict(json.loads(meta["config"]))
+        return None
+    from .pretrained import is_torchscript
+    if is_torchscript(path):
+        return None
+    from .checkpoint import load_checkpoint
+    ckpt = load_checkpoint(Path(path))
+    if ckpt.get("format") == FORMAT and isinstance(ckpt.get("config"), dict):
+        return CLIPConfig.from_dict(ckpt["config"])
+    return None
+
+
+def looks_like_clipedu(sd: dict) -> bool:
+    """没有配置的 state dict 是否像 clipedu 训练的（中文内置词表）：推断的 EOS、头数都会错。"""
+    from .tokenizer import VOCAB_SIZE
+
+    emb = sd.get("token_embedding.weight")
+    return emb is not None and emb.shape[0] == VOCAB_SIZE
+
+
+def refuse_unconfigured(path: str) -> ValueError:
+    return ValueError(
+        f"{path} 像是 clipedu 训练的权重（中文词表），但文件里没有模型配置，按 OpenAI 约定推断的结构"
+        "（头数、EOS id、激活函数）会与训练时不同。请用 clipedu.load_model 读 clipedu 检查点（.pt） "
+        "/ clipedu weights without a stored config")
+
+
+def build_from_config(config, sd: dict, path: str):
+    """按保存的配置建 CLIP 并严格载入权重（键、形状不一致时列出差异）。"""
+    from .checkpoint import load_state_dict_checked
+    from .model import CLIP
+
+    model = CLIP(config)
+    load_state_dict_checked(model, sd)
+    return model
+
+
+__all__ = ["stored_config", "looks_like_clipedu", "refuse_unconfigured", "build_from_config"]

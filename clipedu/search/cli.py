@@ -1,0 +1,90 @@
+"""``python -m clipedu index|serve|export``：建索引、以文搜图服务、ONNX 导出（见第 6 章 sec-service）。
+
+例::
+
+    python -m clipedu index --checkpoint runs/tiny/last.pt --images ~/Pictures --out ~/pictures.idx
+    python -m clipedu serve --index ~/pictures.idx --checkpoint runs/tiny/last.pt
+    python -m clipedu export --checkpoint runs/tiny/last.pt --format onnx --out runs/tiny/onnx
+    python -m clipedu serve --index ~/pictures.idx --checkpoint runs/tiny/onnx --backend onnx
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parsers(sub) -> None:
+    """在 clipedu 的子命令表里登记 index、serve、export。"""
+    p = sub.add_parser("index", help="给图片文件夹建索引（可中断续跑、增量更新）")
+    p.add_argument("--checkpoint", required=True, help="clipedu 检查点、OpenAI/open_clip 权重，或 ONNX 导出目录（配 --backend onnx）")
+    p.add_argument("--images", required=True, help="图片文件夹（递归查找，不跟随符号链接）")
+    p.add_argument("--out", required=True, help="索引目录")
+    p.add_argument("--backend", default="torch", help="torch | onnx")
+    p.add_argument("--dtype", default="float16", help="向量的存储精度：float16 | float32")
+    p.add_argument("--chunk-size", type=int, default=256, help="每块图片数：中断后已完成的块不重算")
+    p.add_argument("--batch-size", type=int, default=64, help="编码的批大小")
+    p.add_argument("--max-mb", type=float, default=50.0, help="单个文件的大小上限（MB）")
+    p.add_argument("--threads", type=int, default=None, help="编码线程数（默认由后端决定）")
+    p.add_argument("--throttle", type=float, default=0.0, help="每块之后暂停的秒数（给共享机器让出 CPU）")
+    p.add_argument("--strict", action="store_true", help="遇到第一张坏图就报错，而不是跳过并计数")
+    p.add_argument("--no-progress", action="store_true", help="不显示进度条")
+    p.set_defaults(func=_cmd_index)
+
+    p = sub.add_parser("serve", help="以文搜图网页与 JSON 接口（默认只在本机 127.0.0.1）")
+    p.add_argument("--index", required=True, help="clipedu index 建好的索引目录")
+    p.add_argument("--checkpoint", required=True, help="建索引用的检查点；--backend onnx 时是它的 ONNX 导出目录")
+    p.add_argument("--backend", default="torch", help="torch | onnx（onnx 查询时不需要 torch）")
+    p.add_argument("--images", default=None, help="图片文件夹搬了家时给出新位置（默认用建索引时记下的路径）")
+    p.add_argument("--host", default="127.0.0.1", help="监听地址；0.0.0.0 会对局域网开放（会给出警告）")
+    p.add_argument("--port", type=int, default=8000, help="端口")
+    p.add_argument("--threads", type=int, default=None, help="编码线程数")
+    p.add_argument("--max-upload-mb", type=float, default=8.0, help="上传图像的大小上限（MB）")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("export", help="把图像与文本编码器导出为 ONNX（动态批大小）")
+    p.add_argument("--checkpoint", required=True, help="clipedu 检查点或 OpenAI/open_clip 权重")
+    p.add_argument("--format", default="onnx", help="目前只有 onnx")
+    p.add_argument("--out", required=True, help="输出目录")
+    p.add_argument("--no-check", action="store_true", help="不核对 onnxruntime 与 PyTorch 的输出")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from .encoders import load_encoder
+    from .index import build_index
+
+    encoder = load_encoder(args.checkpoint, args.backend, args.threads)
+    report = build_index(encoder, args.images, args.out, chunk_size=args.chunk_size, batch_size=args.batch_size,
+                         dtype=args.dtype, strict=args.strict, max_bytes=int(args.max_mb * 2**20),
+                         progress=not args.no_progress, throttle=args.throttle)
+    skipped = "，".join(f"{k} {v}" for k, v in sorted(report.skipped.items())) or "无"
+    print(f"索引共 {report.count} 张：新算 {report.embedded}，保留 {report.kept}，移除 {report.removed}；"
+          f"复用已完成的块 {report.chunks_reused}/{report.chunks_total}；跳过的坏文件：{skipped}；"
+          f"用时 {report.seconds:.1f} 秒 → {args.out}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .app import Limits, create_app, run_server
+    from .encoders import load_encoder
+    from .index import load_index
+
+    index = load_index(args.index)  # 先核对索引：损坏就在载入模型之前停下
+    if args.images is not None:
+        index.root = Path(args.images).resolve()
+    if not index.root.is_dir():
+        raise FileNotFoundError(f"图片文件夹 {index.root} 不存在；搬了家请用 --images 指出新位置 / image folder not found")
+    encoder = load_encoder(args.checkpoint, args.backend, args.threads)
+    app = create_app(index, encoder, Limits(max_upload_bytes=int(args.max_upload_mb * 2**20)))
+    run_server(app, args.host, args.port)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    if args.format != "onnx":
+        raise ValueError(f"--format 目前只支持 onnx，实际为 {args.format!r} / unsupported format")
+    print(json.dumps(export_onnx(args.checkpoint, args.out, check=not args.no_check), ensure_ascii=False))
+    return 0

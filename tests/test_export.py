@@ -1,0 +1,84 @@
+"""clipedu export：ONNX 与 PyTorch 的输出差 ≤ 1e-4（ViT 与 ResNet，动态批大小），serve --backend onnx 不导入 torch。"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serve_fixtures import free_port, save_random_checkpoint, write_shapes_gallery
+
+from clipedu.config import CLIPConfig, TextConfig, VisionConfig
+from clipedu.search.encoders import OnnxEncoder, load_encoder
+from clipedu.search.export import export_onnx
+from clipedu.search.index import build_index, load_index
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_RESNET = CLIPConfig(
+    embed_dim=64,
+    vision=VisionConfig(arch="resnet", image_size=64, patch_size=0, width=8, layers=(1, 1, 1, 1), heads=4),
+    text=TextConfig(context_length=16, width=64, heads=4, layers=2),
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["tiny-cpu", TINY_RESNET], ids=["vit", "resnet"])
+def test_onnx_matches_pytorch_with_dynamic_batch(tmp_path, config):
+    ckpt = save_random_checkpoint(tmp_path / "m.pt", config)
+    result = export_onnx(ckpt, tmp_path / "onnx", log=lambda *a: None)
+    assert result["image_max_abs_diff"] <= 1e-4 and result["text_max_abs_diff"] <= 1e-4
+    torch_enc, onnx_enc = load_encoder(ckpt), OnnxEncoder(tmp_path / "onnx")
+    assert onnx_enc.fingerprint == torch_enc.fingerprint and onnx_enc.image_size == torch_enc.image_size
+    assert abs(onnx_enc.inv_temperature - torch_enc.inv_temperature) < 1e-5
+    rng = np.random.default_rng(1)
+    for B in (1, 2, 7):  # 导出时的示例批大小是 2：别的批大小也要对
+        x = rng.standard_normal((B, 3, torch_enc.image_size, torch_enc.image_size)).astype(np.float32)
+        np.testing.assert_allclose(onnx_enc.encode_images(x), torch_enc.encode_images(x), atol=1e-4, rtol=0)
+        texts = ["红色的圆形", "一个蓝色的小正方形", "猫"] * 3
+        np.testing.assert_allclose(onnx_enc.encode_texts(texts[:B]), torch_enc.encode_texts(texts[:B]), atol=1e-4, rtol=0)
+
+
+def test_export_cli_rejects_unknown_format(tmp_path):
+    from clipedu.cli import main
+
+    ckpt = save_random_checkpoint(tmp_path / "m.pt")
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "tensorrt", "--out", str(tmp_path / "o")]) == 2
+    assert main(["serve", "--index", str(tmp_path), "--checkpoint", str(ckpt)]) == 2  # 不是索引目录
+
+
+@pytest.mark.slow
+def test_serve_onnx_backend_runs_without_torch(tmp_path):
+    """用 PyTorch 建的索引，ONNX 后端提供服务：结果相同，进程里没有 torch。"""
+    ckpt = save_random_checkpoint(tmp_path / "m.pt")
+    write_shapes_gallery(tmp_path / "images", 30)
+    encoder = load_encoder(ckpt)
+    build_index(encoder, tmp_path / "images", tmp_path / "idx", progress=False, log=lambda *a: None)
+    export_onnx(ckpt, tmp_path / "onnx", check=False)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "clipedu", "serve", "--index", str(tmp_path / "idx"),
+                             "--checkpoint", str(tmp_path / "onnx"), "--backend", "onnx", "--port", str(port)],
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        url, deadline = f"http://127.0.0.1:{port}", time.time() + 120
+        while True:
+            try:
+                health = json.loads(urllib.request.urlopen(url + "/health", timeout=5).read())
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()
+                time.sleep(0.2)
+        assert health["backend"] == "onnx" and health["torch_loaded"] is False
+        q = urllib.parse.urlencode({"q": "红色的圆形", "k": 5})
+        got = json.loads(urllib.request.urlopen(f"{url}/search?{q}", timeout=30).read())["results"]
+        want = load_index(tmp_path / "idx").search(encoder.encode_texts(["红色的圆形"]), 5)[1][0].tolist()
+        assert [r["id"] for r in got] == want
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
