@@ -15,8 +15,8 @@ from typing import Optional, Sequence
 
 # (旗标, TrainConfig 字段, 类型, 帮助)；默认值一律取 TrainConfig 的，命令行只覆盖给出的项
 _TRAIN_FLAGS = [
-    ("--preset", "preset", str, "模型预设：tiny-cpu | small | rn50 | vit-b-32 | vit-b-16"
-     " | cn-clip-rn50 | cn-clip-vit-b-16 | …"),
+    ("--preset", "preset", str, "模型预设：tiny-cpu | small | rn50 | vit-b-32"
+     " | vit-b-16 | cn-clip-rn50 | cn-clip-vit-b-16 | …"),
     ("--out", "out_dir", str, "输出目录（last.pt、metrics.json、log.jsonl）；默认 runs/<preset>"),
     ("--steps", "steps", int, "优化器步数"),
     ("--time-budget", "time_budget", float, "训练时间上限（秒），到时保存并停止"),
@@ -42,7 +42,8 @@ _TRAIN_FLAGS = [
     ("--max-bad-fraction", "max_bad_fraction", float, "坏样本比例上限"),
     ("--init-from", "init_from", str, "从检查点或预训练权重初始化（微调）"),
     ("--head-lr-mult", "head_lr_mult", float, "投影头与 logit_scale 的学习率倍数"),
-    ("--image-lr-mult", "image_lr_mult", float, "图像塔（投影头除外）的学习率倍数，如 0.1"),
+    ("--image-lr-mult", "image_lr_mult", float,
+     "图像塔（投影头除外）的学习率倍数，如 0.1"),
     ("--csv-img-key", "csv_img_key", str, "--dataset csv：图像路径列名（默认 filepath）"),
     ("--csv-caption-key", "csv_caption_key", str, "--dataset csv：文本列名（默认 title）"),
     ("--csv-separator", "csv_separator", str, "--dataset csv：分隔符；默认按扩展名（.csv 逗号，.tsv 制表符）"),
@@ -138,7 +139,8 @@ def _add_train_parser(sub) -> None:
 def _add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="评估检查点（零样本与检索）")
     p.add_argument("--checkpoint", required=True, type=_regular_file,
-                   help="clipedu 检查点（.pt），或 Chinese-CLIP 权重（.pt/.safetensors）")
+                   help="clipedu 检查点（.pt），或 Chinese-CLIP 权重"
+                        "（.pt/.safetensors）")
     p.add_argument("--json", action="store_true", help="只打印一个 JSON 对象")
     p.add_argument("--dataset", default="shapes", choices=("shapes", "imagefolder", "cifar10", "cifar100", "cn-clip"),
                    help="shapes（默认）| imagefolder | cifar10 | cifar100 | cn-clip（后四个需要 --root）")

@@ -22,7 +22,8 @@ class VisionConfig:
 
 @dataclass
 class TextConfig:
-    arch: str = "transformer"                  # 文本塔："transformer"（OpenAI 因果 Transformer）或 "bert"（Chinese-CLIP）
+    # 文本塔："transformer"（OpenAI 因果 Transformer）或 "bert"（Chinese-CLIP）
+    arch: str = "transformer"
     vocab_size: int = VOCAB_SIZE               # 词表大小，默认等于内置中文词表
     context_length: int = DEFAULT_CONTEXT_LENGTH  # 最大词元数（含 [SOS] 与 [EOS]）
     width: int = 128                           # 隐藏维度
@@ -31,10 +32,13 @@ class TextConfig:
     mlp_ratio: float = 4.0                     # MLP 隐藏层倍数
     eos_token_id: int = EOS_ID                 # 在这个 id 第一次出现的位置取句向量（OpenAI 词表为 49407）
     # ---- 只有 arch="bert" 用（见第 6 章 sec-cnclip）----
-    max_positions: int = 512                   # BERT 位置表的行数（可学习的绝对位置，≥ context_length）
-    type_vocab_size: int = 2                   # 词元类型（句 A / 句 B）表的行数；CLIP 只用类型 0
+    # BERT 位置表的行数（可学习的绝对位置，≥ context_length）
+    max_positions: int = 512
+    # 词元类型（句 A / 句 B）表的行数；CLIP 只用类型 0
+    type_vocab_size: int = 2
     pad_token_id: int = 0                      # [PAD] 的 id：注意力掩码据此屏蔽补齐位置
-    dropout: float = 0.0                       # BERT 的 dropout（Chinese-CLIP 训练时为 0.1）
+    # BERT 的 dropout（Chinese-CLIP 训练时为 0.1）
+    dropout: float = 0.0
 
 
 @dataclass
@@ -111,30 +115,39 @@ PRESETS: dict[str, CLIPConfig] = {
 }
 
 
-def _cn_clip(embed_dim: int, vision: VisionConfig, text_layers: int, text_width: int = 768) -> CLIPConfig:
-    """Chinese-CLIP 的形状：图像塔同 OpenAI（QuickGELU），文本塔是中文 RoBERTa-wwm（BERT 结构，词表 21128）。"""
-    text = TextConfig(arch="bert", vocab_size=21128, context_length=52, width=text_width, heads=text_width // 64,
-                      layers=text_layers, max_positions=512, type_vocab_size=2, pad_token_id=0, dropout=0.1)
+def _cn_clip(embed_dim: int, vision: VisionConfig, text_layers: int,
+             text_width: int = 768) -> CLIPConfig:
+    """Chinese-CLIP 的形状：图像塔同 OpenAI（QuickGELU），文本塔是中文 RoBERTa-wwm
+    （BERT 结构，词表 21128）。"""
+    text = TextConfig(arch="bert", vocab_size=21128, context_length=52,
+                      width=text_width, heads=text_width // 64, layers=text_layers,
+                      max_positions=512, type_vocab_size=2, pad_token_id=0, dropout=0.1)
     return CLIPConfig(embed_dim=embed_dim, vision=vision, text=text, quick_gelu=True)
 
 
-# Chinese-CLIP 发布的五个模型（cn_clip/clip/model_configs/*.json）；形状与参数量在 tests/test_cnclip_model.py 核对
+# Chinese-CLIP 发布的五个模型（cn_clip/clip/model_configs/*.json）；形状与参数量在
+# tests/test_cnclip_model.py 核对
 PRESETS.update({
     # RN50 + RBT3（3 层 RoBERTa）
-    "cn-clip-rn50": _cn_clip(1024, VisionConfig(arch="resnet", image_size=224, patch_size=0, width=64,
-                                                layers=(3, 4, 6, 3), heads=32), text_layers=3),
+    "cn-clip-rn50": _cn_clip(
+        1024, VisionConfig(arch="resnet", image_size=224, patch_size=0, width=64,
+                           layers=(3, 4, 6, 3), heads=32), text_layers=3),
     # ViT-B/16 + RoBERTa-wwm-ext-base（12 层）
-    "cn-clip-vit-b-16": _cn_clip(512, VisionConfig(arch="vit", image_size=224, patch_size=16, width=768,
-                                                   layers=12, heads=12), text_layers=12),
+    "cn-clip-vit-b-16": _cn_clip(
+        512, VisionConfig(arch="vit", image_size=224, patch_size=16, width=768,
+                          layers=12, heads=12), text_layers=12),
     # ViT-L/14 + RoBERTa-wwm-ext-base
-    "cn-clip-vit-l-14": _cn_clip(768, VisionConfig(arch="vit", image_size=224, patch_size=14, width=1024,
-                                                   layers=24, heads=16), text_layers=12),
+    "cn-clip-vit-l-14": _cn_clip(
+        768, VisionConfig(arch="vit", image_size=224, patch_size=14, width=1024,
+                          layers=24, heads=16), text_layers=12),
     # ViT-L/14 @ 336 px
-    "cn-clip-vit-l-14-336": _cn_clip(768, VisionConfig(arch="vit", image_size=336, patch_size=14, width=1024,
-                                                       layers=24, heads=16), text_layers=12),
+    "cn-clip-vit-l-14-336": _cn_clip(
+        768, VisionConfig(arch="vit", image_size=336, patch_size=14, width=1024,
+                          layers=24, heads=16), text_layers=12),
     # ViT-H/14（头宽 80：16 头）+ RoBERTa-wwm-ext-large（24 层、宽 1024）
-    "cn-clip-vit-h-14": _cn_clip(1024, VisionConfig(arch="vit", image_size=224, patch_size=14, width=1280,
-                                                    layers=32, heads=16), text_layers=24, text_width=1024),
+    "cn-clip-vit-h-14": _cn_clip(
+        1024, VisionConfig(arch="vit", image_size=224, patch_size=14, width=1280,
+                           layers=32, heads=16), text_layers=24, text_width=1024),
 })
 
 
@@ -177,7 +190,8 @@ class TrainConfig:
     init_from: Optional[str] = None          # 从已有检查点或预训练权重初始化
     lock_image: bool = False                 # 冻结图像塔（LiT 式微调）
     head_lr_mult: float = 1.0                # 投影头与 logit_scale 的学习率倍数
-    image_lr_mult: float = 1.0               # 图像塔（投影头除外）的学习率倍数；微调时常取 0.1（0 等于冻结）
+    # 图像塔（投影头除外）的学习率倍数；微调时常取 0.1（0 等于冻结）
+    image_lr_mult: float = 1.0
     # ---- 保存、日志与评估 ----
     out_dir: str = "runs/tiny-cpu"           # 输出目录：last.pt、metrics.json、log.jsonl
     save_every: int = 0                      # 每 N 步保存一次检查点；0 表示只在结束时保存

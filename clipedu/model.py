@@ -258,7 +258,8 @@ def build_text(config: CLIPConfig, act: type[nn.Module]) -> nn.Module:
     arch = config.text.arch
     if arch == "transformer":
         return TextTransformer(config.text, config.embed_dim, act)
-    if arch == "bert":  # Chinese-CLIP（见第 6 章 sec-cnclip）：GELU 用 erf 精确式，不看 act
+    # Chinese-CLIP（见第 6 章 sec-cnclip）：GELU 用 erf 精确式，不看 act
+    if arch == "bert":
         from .bert import BertTextTower
         return BertTextTower(config.text, config.embed_dim)
     raise ValueError(f"未知文本塔结构 text.arch={arch!r}；应为 'transformer' 或 'bert'")

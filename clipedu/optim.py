@@ -22,11 +22,12 @@ def is_head_param(name: str) -> bool:
     return name in HEAD_PARAM_NAMES or name.startswith("visual.attnpool.c_proj")
 
 
-def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, head_lr_mult: float = 1.0,
-                 image_lr_mult: float = 1.0) -> list[dict]:
+def param_groups(model: torch.nn.Module, lr: float, weight_decay: float,
+                 head_lr_mult: float = 1.0, image_lr_mult: float = 1.0) -> list[dict]:
     """按（是否衰减 × 是否投影头 × 是否图像塔）把可训练参数分组；空组不出现。
 
-    image_lr_mult ≠ 1 时图像塔（投影头除外）单独成组：微调预训练模型时给两座塔不同的学习率。
+    image_lr_mult ≠ 1 时图像塔（投影头除外）单独成组：微调预训练模型时给两座塔
+    不同的学习率。
     """
     groups: dict[tuple[bool, bool, bool], dict] = {}
     for name, p in model.named_parameters():
@@ -50,7 +51,8 @@ def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, head_lr
 
 def build_optimizer(model: torch.nn.Module, cfg, device: torch.device) -> torch.optim.AdamW:
     """AdamW；在 CUDA 上用 fused 内核（一次 kernel 更新全部参数，省去上百次小 kernel 启动）。"""
-    groups = param_groups(model, cfg.lr, cfg.weight_decay, cfg.head_lr_mult, cfg.image_lr_mult)
+    groups = param_groups(model, cfg.lr, cfg.weight_decay, cfg.head_lr_mult,
+                          cfg.image_lr_mult)
     fused = device.type == "cuda"
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
 

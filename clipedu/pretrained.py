@@ -138,7 +138,8 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
             raise ValueError(f"拒绝加载 {path!r}：{describe_unsafe_pickle(e)}"
                              f" / refused unsafe pickle") from None
         except Exception as e:  # noqa: BLE001  截断的 zip、乱码文件会从各层抛出各种异常
-            raise ValueError(f"{path!r} 已损坏或被截断（{type(e).__name__}: {str(e)[:100]}）"
+            raise ValueError(f"{path!r} 已损坏或被截断"
+                             f"（{type(e).__name__}: {str(e)[:100]}）"
                              f" / corrupt or truncated weights file") from None
     for wrapper in ("state_dict", "model"):  # 训练脚本常见的外壳：{"state_dict": {...}, "epoch": ...}
         if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
@@ -182,7 +183,9 @@ def infer_config(sd: dict[str, torch.Tensor], quick_gelu: bool = True) -> CLIPCo
 
 
 def load_pretrained(path: str, device: str | torch.device = "cpu", quick_gelu: bool = True):
-    """读 OpenAI/open_clip 或 Chinese-CLIP 权重，返回 ``(CLIP, preprocess)``（见第 5 章 sec-code-pretrained）。
+    """读 OpenAI/open_clip 或 Chinese-CLIP 权重，返回 ``(CLIP, preprocess)``。
+
+    见第 5 章 sec-code-pretrained；Chinese-CLIP 见第 6 章 sec-cnclip。
 
     OpenAI 原版权重用 QuickGELU（默认）；open_clip 里不带 ``-quickgelu`` 的模型请传 ``quick_gelu=False``。
     权重统一转成 fp32；需要半精度时再 ``.to(torch.bfloat16)`` 或用 autocast。
@@ -198,7 +201,8 @@ def load_pretrained(path: str, device: str | torch.device = "cpu", quick_gelu: b
     if looks_like_clipedu(sd):
         raise refuse_unconfigured(str(path))
     from .cnclip_weights import cnclip_from_state_dict, is_cnclip_state_dict
-    if is_cnclip_state_dict(sd):  # Chinese-CLIP（BERT 文本塔）：见 clipedu.cnclip_weights
+    # Chinese-CLIP（BERT 文本塔）：见 clipedu.cnclip_weights
+    if is_cnclip_state_dict(sd):
         return cnclip_from_state_dict(sd, device)
     config = infer_config(sd, quick_gelu=quick_gelu)
     model = CLIP(config)
@@ -236,7 +240,8 @@ def english_tokenizer(context_length: int = 77):
     return SimpleTokenizer(context_length=context_length)
 
 
-def load_init_weights(path: str) -> tuple[CLIPConfig, dict, ChineseTokenizer | BertChineseTokenizer]:
+def load_init_weights(
+        path: str) -> tuple[CLIPConfig, dict, ChineseTokenizer | BertChineseTokenizer]:
     """``--init-from``：返回 (模型配置, 权重, 分词器)（见第 9 章 faq-finetune）。
 
     clipedu 检查点原样载入；OpenAI/open_clip 权重（.safetensors、state dict、
@@ -252,12 +257,16 @@ def load_init_weights(path: str) -> tuple[CLIPConfig, dict, ChineseTokenizer | B
             return (CLIPConfig.from_dict(ckpt["config"]), ckpt["model"],
                     tokenizer_from_state_dict(ckpt["tokenizer"]))
     sd = read_state_dict(path)
-    from .cnclip_weights import infer_cnclip_config, is_cnclip_state_dict, normalize_keys
-    if is_cnclip_state_dict(sd):  # Chinese-CLIP：整套权重照搬，保留它自己的 BERT 分词器
+    from .cnclip_weights import (infer_cnclip_config, is_cnclip_state_dict,
+                                 normalize_keys)
+    if is_cnclip_state_dict(sd):
+        # Chinese-CLIP：整套权重照搬，保留它自己的 BERT 分词器
         sd = normalize_keys(sd)
         config = infer_cnclip_config(sd)
-        state = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
-        return config, state, BertChineseTokenizer(context_length=config.text.context_length)
+        state = {k: v.float() if v.is_floating_point() else v
+                 for k, v in sd.items()}
+        tokenizer = BertChineseTokenizer(context_length=config.text.context_length)
+        return config, state, tokenizer
     config = infer_config(sd)
     tokenizer = ChineseTokenizer(context_length=config.text.context_length)
     if config.text.vocab_size != tokenizer.vocab_size:
