@@ -1,16 +1,19 @@
 """BERT 文本塔与 Chinese-CLIP 模型（见第 6 章 sec-cnclip）。
 
-Chinese-CLIP 的图像塔与 OpenAI CLIP 相同（ViT 或 ModifiedResNet），文本塔换成中文 RoBERTa-wwm，
-结构就是 BERT。与 ``model.py`` 里的因果文本 Transformer 相比，有五处不同：
+Chinese-CLIP 的图像塔与 OpenAI CLIP 相同（ViT 或 ModifiedResNet），文本塔换成
+中文 RoBERTa-wwm，结构就是 BERT。与 ``model.py`` 里的因果文本 Transformer 相比，
+有五处不同：
 
 1. **双向注意力**：每个词元看整句，只屏蔽 ``[PAD]``（因果塔只看左边）；
 2. **后置 LayerNorm（post-LN）**：``x = LN(x + attn(x))``，而不是 ``x + attn(LN(x))``；
-3. **嵌入**：词嵌入 + 可学习的绝对位置（512 行）+ 词元类型（句 A/句 B），相加后先做一次 LayerNorm；
+3. **嵌入**：词嵌入 + 可学习的绝对位置（512 行）+ 词元类型（句 A/句 B），
+   相加后先做一次 LayerNorm；
 4. **GELU** 用 erf 精确式（图像塔仍是 QuickGELU）；
 5. **在 [CLS] 处取句向量**（位置 0），而不是在 [EOS] 处。
 
 参数名与 Chinese-CLIP 完全一致（``bert.embeddings.word_embeddings.weight``、
-``bert.encoder.layer.0.attention.self.query.weight`` …、``text_projection``），加载权重只是按键名复制。
+``bert.encoder.layer.0.attention.self.query.weight`` …、``text_projection``），
+加载权重只是按键名复制。
 """
 from __future__ import annotations
 
@@ -31,7 +34,8 @@ class BertEmbeddings(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
         # padding_idx：[PAD] 那一行不接收梯度（与 Chinese-CLIP 相同）
-        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.width, padding_idx=cfg.pad_token_id)
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.width,
+                                            padding_idx=cfg.pad_token_id)
         self.position_embeddings = nn.Embedding(cfg.max_positions, cfg.width)
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.width)
         self.LayerNorm = LayerNorm(cfg.width, eps=BERT_LN_EPS)
@@ -41,17 +45,21 @@ class BertEmbeddings(nn.Module):
         B, L = tokens.shape
         positions = torch.arange(L, device=tokens.device)  # (L,)
         # CLIP 只有一句话，词元类型全是 0：直接取第 0 行，省去一次查表
-        x = self.word_embeddings(tokens) + self.position_embeddings(positions) + self.token_type_embeddings.weight[0]
+        x = (self.word_embeddings(tokens) + self.position_embeddings(positions)
+             + self.token_type_embeddings.weight[0])
         return self.dropout(self.LayerNorm(x))  # (B, L, width)
 
 
 class BertSelfAttention(nn.Module):
-    """多头自注意力，Q、K、V 各是一个 Linear（BERT 的布局；OpenAI 把三者叠成一个 in_proj）。"""
+    """多头自注意力，Q、K、V 各是一个 Linear。
+
+    这是 BERT 的布局；OpenAI 把三者叠成一个 in_proj。"""
 
     def __init__(self, cfg: TextConfig):
         super().__init__()
         if cfg.width % cfg.heads != 0:
-            raise ValueError(f"BERT 的 width={cfg.width} 应能被 heads={cfg.heads} 整除 / width must be divisible by heads")
+            raise ValueError(f"BERT 的 width={cfg.width} 应能被 heads={cfg.heads} 整除"
+                             f" / width must be divisible by heads")
         self.heads, self.dropout = cfg.heads, cfg.dropout
         self.query = nn.Linear(cfg.width, cfg.width)
         self.key = nn.Linear(cfg.width, cfg.width)
@@ -59,11 +67,14 @@ class BertSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         B, L, D = x.shape
-        q, k, v = (proj(x).view(B, L, self.heads, D // self.heads).transpose(1, 2)  # 各 (B, heads, L, d_head)
+        # q、k、v 各 (B, heads, L, d_head)
+        q, k, v = (proj(x).view(B, L, self.heads, D // self.heads).transpose(1, 2)
                    for proj in (self.query, self.key, self.value))
-        # keep: (B, 1, 1, L)，True 的键参与注意力；[PAD] 位置被屏蔽（每行至少有 [CLS]，不会全被屏蔽）
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep,
-                                           dropout_p=self.dropout if self.training else 0.0)  # (B, heads, L, d_head)
+        # keep: (B, 1, 1, L)，True 的键参与注意力；[PAD] 位置被屏蔽
+        # （每行至少有 [CLS]，不会全被屏蔽）
+        p_drop = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p_drop)
+        # y: (B, heads, L, d_head)
         return y.transpose(1, 2).reshape(B, L, D)  # (B, L, D)
 
 
@@ -81,7 +92,9 @@ class BertSelfOutput(nn.Module):
 
 
 class BertAttention(nn.Module):
-    """``attention.self``（注意力本身）+ ``attention.output``（投影与残差 LN）：键名跟着这个两层结构走。"""
+    """``attention.self``（注意力本身）+ ``attention.output``（投影与残差 LN）。
+
+    键名跟着这个两层结构走。"""
 
     def __init__(self, cfg: TextConfig):
         super().__init__()
@@ -146,7 +159,9 @@ class BertEncoder(nn.Module):
 
 
 class BertModel(nn.Module):
-    """嵌入 + 编码器；返回每个位置的隐藏状态 (B, L, width)。没有 pooler：CLIP 直接取 [CLS] 位置。"""
+    """嵌入 + 编码器；返回每个位置的隐藏状态 (B, L, width)。
+
+    没有 pooler：CLIP 直接取 [CLS] 位置。"""
 
     def __init__(self, cfg: TextConfig):
         super().__init__()
@@ -165,7 +180,8 @@ class BertModel(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         B, L = tokens.shape
-        keep = (tokens != self.pad_token_id).view(B, 1, 1, L)  # (B, 1, 1, L)：对所有头、所有查询广播
+        # (B, 1, 1, L)：对所有头、所有查询广播
+        keep = (tokens != self.pad_token_id).view(B, 1, 1, L)
         return self.encoder(self.embeddings(tokens), keep)  # (B, L, width)
 
 
@@ -173,14 +189,16 @@ class BertTextTower(nn.Module):
     """Chinese-CLIP 的文本塔：BERT 编码器 ``bert`` + 投影 ``text_projection``。
 
     ``model.build_text`` 在 ``config.text.arch == "bert"`` 时建它；``CLIP`` 把子模块
-    ``bert`` 与参数 ``text_projection`` 挂到顶层，state_dict 的键名与 Chinese-CLIP 一致。
+    ``bert`` 与参数 ``text_projection`` 挂到顶层，state_dict 的键名与
+    Chinese-CLIP 一致。
     """
 
     def __init__(self, cfg: TextConfig, embed_dim: int):
         super().__init__()
         if cfg.context_length > cfg.max_positions:
             raise ValueError(f"context_length={cfg.context_length} 超过 BERT 位置表的 "
-                             f"{cfg.max_positions} 行 / context longer than max_positions")
+                             f"{cfg.max_positions} 行"
+                             f" / context longer than max_positions")
         self.context_length, self.vocab_size = cfg.context_length, cfg.vocab_size
         self.bert = BertModel(cfg)
         self.text_projection = nn.Parameter(torch.empty(cfg.width, embed_dim))
