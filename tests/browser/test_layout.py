@@ -39,19 +39,21 @@ WIDE_BLOCKS_JS = """() => {
 # 比页面宽、且不在某个会裁剪或滚动的祖先框里的元素（这种元素会把整页撑宽）
 ESCAPING_JS = """() => {
   const vw = document.documentElement.clientWidth;
-  const clipped = (e) => {
+  // 被某个祖先裁剪或滚动的，以及固定定位的（如手机上收在屏幕外的侧栏），都不会撑宽页面
+  const contained = (e) => {
+    if (getComputedStyle(e).position === 'fixed') return true;
     for (let p = e.parentElement; p && p !== document.body; p = p.parentElement) {
-      const o = getComputedStyle(p).overflowX;
-      if (o !== 'visible') return true;
+      const cs = getComputedStyle(p);
+      if (cs.overflowX !== 'visible' || cs.position === 'fixed') return true;
     }
     return false;
   };
   const out = [];
   for (const e of document.querySelectorAll('body *')) {
-    if (!e.offsetParent && getComputedStyle(e).position !== 'fixed') continue;
+    if (!e.offsetParent || getComputedStyle(e).visibility === 'hidden') continue;
     const r = e.getBoundingClientRect();
     if (r.width === 0 || (r.right <= vw + 1 && r.left >= -1)) continue;
-    if (clipped(e)) continue;
+    if (contained(e)) continue;
     out.push(`${e.tagName.toLowerCase()}.${e.className && e.className.baseVal === undefined ? e.className : ''}`
              + ` [${Math.round(r.left)}, ${Math.round(r.right)}] > ${vw} px`);
   }
