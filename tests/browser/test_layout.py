@@ -141,7 +141,8 @@ def test_phone_navigation(doc, browser, site):
     """390 px：汉堡按钮打开目录，目录里的链接能跳到另一章；页脚有上一页/下一页。"""
     context, page = _open(browser, site, doc, PHONE)
     try:
-        toggle = page.locator("button.primary-toggle, label.primary-toggle").first
+        # 页面里有两个 .primary-toggle（顶栏与正文页眉），手机上只显示其中一个
+        toggle = page.locator(".primary-toggle:visible").first
         assert toggle.is_visible(), f"{doc}: 手机宽度下看不到打开目录的按钮"
         toggle.click()
         link = page.locator(".bd-sidebar-primary a.reference.internal", has_text="背景介绍").first
