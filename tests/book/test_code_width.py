@@ -1,8 +1,10 @@
 """书里的代码不横向滚动：笔记本代码行与书中 literalinclude 展示的库代码行都放得进版心。
 
-版心宽度：1280 px 的窗口里代码块内容区约 740 px，等宽字体 14 px 每列 8.4 px，放得下 88 列
-（book/_assets/cjk.css 收窄了右侧目录与留白；tests/browser/test_layout.py 在真实浏览器里核对）。
-这里留 4 列余量，上限取 84 列。中文等全角字符占两列（Unicode East Asian Width 为 W 或 F）。
+版心宽度：1280 px 的窗口里代码块内容区约 740 px，等宽字体 14 px（DejaVu Sans Mono，常见等宽字体里
+最宽的一种）每列 8.4 px，放得下 88 列（book/_assets/cjk.css 收窄了右侧目录与留白；
+tests/browser/test_layout.py 在真实浏览器里核对）。上限取 88 列，与库代码的换行宽度一致；
+笔记本代码按 84 列排版，留出余量。中文等全角字符算两列（Unicode East Asian Width 为 W 或 F；
+实际字形 14 px 宽，比两列的 16.8 px 窄，所以这样算偏保守）。
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-LIMIT = 84
+LIMIT = 88
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # ```{literalinclude} ../clipedu/model.py 之后若干行 :option: value
 INCLUDE = re.compile(r"```\{literalinclude\}\s+(\S+)\s*\n((?:\s*:[\w-]+:.*\n)*)")
@@ -35,7 +37,7 @@ def test_display_width_counts_cjk_double():
     assert display_width("abc") == 3
     assert display_width("对比学习") == 8
     assert display_width("图→文，τ=0.07") == 2 + 1 + 2 + 2 + 6  # 箭头与 τ 是窄字符，全角逗号两列
-    assert too_wide(["x" * 84, "中" * 42, "中" * 43]) == [(3, 86, "中" * 43)]
+    assert too_wide(["x" * 88, "中" * 44, "中" * 45]) == [(3, 90, "中" * 45)]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
