@@ -145,7 +145,9 @@ def test_phone_navigation(doc, browser, site):
         toggle = page.locator(".primary-toggle:visible").first
         assert toggle.is_visible(), f"{doc}: 手机宽度下看不到打开目录的按钮"
         toggle.click()
-        link = page.locator(".bd-sidebar-primary a.reference.internal", has_text="背景介绍").first
+        # pydata 主题在手机上把侧栏放进一个 <dialog> 里弹出
+        menu = "dialog a.reference.internal:visible, .bd-sidebar-primary a.reference.internal:visible"
+        link = page.locator(menu, has_text="背景介绍").first
         link.wait_for(state="visible", timeout=5_000)
         box = link.bounding_box()
         assert box and 0 <= box["x"] and box["x"] + box["width"] <= PHONE, f"{doc}: 目录链接在屏幕外：{box}"
