@@ -62,6 +62,52 @@ def register_cjk_font() -> str:
     return family
 
 
+# 全书统一的配色：同一种东西在每一章都是同一种颜色（见 figure_style）。
+PALETTE = {
+    "image": "#1f77b4",      # 图像（图像塔、图像特征）：蓝
+    "text": "#ff7f0e",       # 文本（文本塔、文本特征）：橙
+    "seen": "#2ca02c",       # 训练时见过的组合：绿
+    "heldout": "#d62728",    # 留出组合：红
+    "clipedu": "#1f77b4",    # 本书的 clipedu：蓝
+    "open_clip": "#7f7f7f",  # 对照的 open_clip：灰
+}
+
+
+def figure_style() -> None:
+    """全书插图的统一样式（setup_notebook 调用；见前言 sec-preface-howto）。
+
+    书页的版心约 740 px 宽：字号按“图缩放到版心宽度后仍清楚”来定；
+    图的底色是不透明的白色，深色模式下也不会出现“透明底 + 黑字”；
+    默认颜色循环的前几种依次是 PALETTE 里的图像蓝、文本橙、见过绿、留出红。
+    """
+    import matplotlib
+    from cycler import cycler
+
+    order = ["image", "text", "seen", "heldout"]
+    extra = ["#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+    matplotlib.rcParams.update({
+        "figure.dpi": 100,
+        "figure.facecolor": "white",
+        "figure.edgecolor": "white",
+        "axes.facecolor": "white",
+        "savefig.facecolor": "white",
+        "savefig.transparent": False,
+        "font.size": 11,
+        "axes.titlesize": 12,
+        "axes.labelsize": 11,
+        "xtick.labelsize": 10,
+        "ytick.labelsize": 10,
+        "legend.fontsize": 10,
+        "legend.framealpha": 0.9,
+        "figure.titlesize": 13,
+        "axes.titlepad": 6,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "axes.prop_cycle": cycler(color=[PALETTE[k] for k in order] + extra),
+        "image.cmap": "viridis",
+    })
+
+
 def setup_notebook(seed: int = 0, threads: int | None = None, quiet: bool = False) -> torch.device:
     """笔记本开场：设种子、选设备、设线程数、注册中文字体，返回 ``torch.device``。
 
@@ -77,6 +123,7 @@ def setup_notebook(seed: int = 0, threads: int | None = None, quiet: bool = Fals
         torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     family = register_cjk_font()
+    figure_style()
     if not quiet:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU × {torch.get_num_threads()} 线程"
         print(f"设备：{device}（{name}）；随机种子：{seed}；中文字体：{family}")
