@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .distributed import all_reduce_mean, is_dist
+from .optim import observe_time
 from .run_log import RunLogger
 from .train_setup import TrainState, batch_stream, build_state, save_step, set_train_mode
 from .train_step import train_step
@@ -56,6 +57,7 @@ def _run(state: TrainState, dataset, logger: RunLogger) -> list[dict]:
     t_start, train_time, eval_time, stopped_by = time.perf_counter(), 0.0, 0.0, "steps"
     while state.step < cfg.steps:
         t0 = time.perf_counter()
+        observe_time(state.scheduler, state.step, t0 - t_start)  # 有时间预算时，日程按已用时间退火
         record = _one_step(state, next(stream), dataset)
         dt = time.perf_counter() - t0
         train_time += dt
