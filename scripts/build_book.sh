@@ -15,6 +15,9 @@ export PATH="$ROOT/.venv/bin:$PATH"
 # 笔记本的默认设置按 2 核准备；每个 notebook 自己用 setup_notebook() 设线程数
 # 不设 MPLBACKEND：内核要用 matplotlib 的 inline 后端，图才会写进笔记本输出
 export PYTHONHASHSEED=0 PYDEVD_DISABLE_FILE_VALIDATION=1
+# OpenMP 线程空闲时让出 CPU：默认的忙等在机器被别的进程占用时让笔记本慢 2–3 倍
+# （benchmarks/results/threads_under_load.md）；用户自己设过的值不动
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 NB_TIMEOUT=${NB_TIMEOUT:-600}   # 单个笔记本的上限（秒）；目标是 2 核上 ≤ 3 分钟
 STAGE=$ROOT/_stage   # 不能放在 _build/ 下：nbmake 会跳过路径中含 _build 的笔记本
 log() { printf '\n[build_book] %s\n' "$*"; }
