@@ -62,9 +62,9 @@ def machine_info() -> dict:
     }
 
 
-def matmul_peak_gflops(n: int = 1024, repeats: int = 8) -> float:
-    """本机、当前线程数下 fp32 方阵乘（n×n）的实测 GFLOP/s，取最快一次：作为“峰值”的分母。"""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak_gflops(n: int = 1024, repeats: int = 8, dtype: torch.dtype = torch.float32) -> float:
+    """本机、当前线程数下方阵乘（n×n）的实测 GFLOP/s，取最快一次：作为“峰值”的分母。"""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(2):
         a @ b
     best = float("inf")
@@ -73,3 +73,18 @@ def matmul_peak_gflops(n: int = 1024, repeats: int = 8) -> float:
         a @ b
         best = min(best, time.perf_counter() - t0)
     return 2 * n ** 3 / best / 1e9
+
+
+def matmul_gflops_per_cpu_s(n: int = 1024, repeats: int = 8, dtype: torch.dtype = torch.float32) -> float:
+    """同上，但按本进程的 CPU 时间计（``time.process_time``）：机器被别的进程占用时仍然可信。
+
+    它是“每个 CPU 秒最多能做多少 FLOP”；训练步的 FLOP ÷ 它的 CPU 时间，再除以这个数，
+    就是不受抢占影响的峰值占比（线程忙等烧掉的 CPU 时间也算在分母里）。
+    """
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    c0 = time.process_time()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n ** 3 * repeats / (time.process_time() - c0) / 1e9

@@ -31,6 +31,9 @@ fi
 log "准备副本 $STAGE"
 rm -rf "$STAGE"
 mkdir -p "$STAGE"
+# 笔记本共用的模型缓存（clipedu.model_cache）：同一配置与种子在一次构建里只训练一次；
+# 放在副本里，每次构建都从零训练，不会用到旧代码训练出的模型
+export CLIPEDU_CACHE="$STAGE/model_cache"
 cp _config.yml _toc.yml "$STAGE/"
 cp -r book "$STAGE/"
 mkdir -p "$STAGE/notebooks"
