@@ -81,13 +81,14 @@ class BudgetCosine:
     """
 
     def __init__(self, warmup_steps: int, total_steps: int, time_budget: float | None = None):
-        if time_budget is not None and not time_budget > 0:
-            raise ValueError(f"time_budget 应为正数（秒）或 None，实际为 {time_budget!r}")
+        if time_budget is not None and not time_budget >= 0:
+            raise ValueError(f"time_budget 应为非负的秒数或 None，实际为 {time_budget!r} / bad time_budget")
         self.warmup_steps = max(0, int(warmup_steps))
         self.total_steps = max(1, int(total_steps))
         self.time_budget = None if time_budget is None else float(time_budget)
         self.elapsed = 0.0          # 最近一次 observe 的已用时间（秒）
         self._start = None          # (e0, q0)：本进程第一次在预热之后观察到的时刻与进度
+        self._obs = None            # (第一次观察的步数, 时刻, 最近一次观察的步数)：估计每步用时
 
     def step_progress(self, step: int) -> float:
         return min(1.0, max(0.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)))
@@ -95,8 +96,21 @@ class BudgetCosine:
     def observe(self, step: int, elapsed: float) -> None:
         """训练循环每步报告一次：已完成的步数与从训练开始算起的秒数（与时间预算用同一只表）。"""
         self.elapsed = float(elapsed)
+        self._obs = (step, self.elapsed, step) if self._obs is None else (self._obs[0], self._obs[1], step)
         if self._start is None and step >= self.warmup_steps and self.time_budget is not None:
             self._start = (self.elapsed, self.step_progress(step))
+
+    def _elapsed_at(self, step: int) -> float:
+        """第 step 步开始时的已用时间：最近一次观察之后的步按实测的平均每步用时外推。
+
+        LambdaLR 在一步结束时就算好下一步的学习率，那时还没有下一步的时刻；不外推的话，
+        学习率总比时间落后一步，步子慢（相对预算）时最后几步退火不到位。
+        """
+        if self._obs is None:
+            return self.elapsed
+        first_step, first_elapsed, last_step = self._obs
+        per_step = (self.elapsed - first_elapsed) / (last_step - first_step) if last_step > first_step else 0.0
+        return self.elapsed + max(0, step - last_step) * per_step
 
     def progress(self, step: int) -> float:
         """余弦部分的进度 q ∈ [0, 1]；q = 1 时学习率为 0。"""
@@ -104,7 +118,7 @@ class BudgetCosine:
         if self._start is not None:
             e0, q0 = self._start
             span = self.time_budget - e0
-            q_time = 1.0 if span <= 0 else q0 + (1.0 - q0) * (self.elapsed - e0) / span
+            q_time = 1.0 if span <= 0 else q0 + (1.0 - q0) * (self._elapsed_at(step) - e0) / span
             q = max(q, min(1.0, q_time))
         return q
 
