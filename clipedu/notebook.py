@@ -108,17 +108,38 @@ def figure_style() -> None:
     })
 
 
+def usable_cpus() -> int:
+    """本进程能用的 CPU 核数：按 CPU 亲和性（容器、taskset 限制后的真实数目），而不是整机核数。"""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS、Windows 没有 sched_getaffinity
+        return os.cpu_count() or 1
+
+
+def default_threads() -> int:
+    """笔记本的 CPU 线程数：``min(2, 可用核数)``，即书中默认“在 2 核上能跑完”。"""
+    return min(2, usable_cpus())
+
+
+def openmp_passive() -> bool:
+    """OpenMP 线程空闲时是否让出 CPU（OMP_WAIT_POLICY=PASSIVE 在 torch 载入前生效）。"""
+    import clipedu
+    return bool(getattr(clipedu, "OMP_PASSIVE", False))
+
+
 def setup_notebook(seed: int = 0, threads: int | None = None, quiet: bool = False) -> torch.device:
     """笔记本开场：设种子、选设备、设线程数、注册中文字体，返回 ``torch.device``。
 
-    ``threads=None`` 时 CPU 线程数取 ``min(2, 核数)``，即书中默认“在 2 核上能跑完”；
-    传 0 则保持 PyTorch 自己的默认值。有 CUDA 时自动使用 GPU。
+    ``threads=None`` 时 CPU 线程数取 ``default_threads()``；传 0 则保持 PyTorch 自己的默认值。
+    有 CUDA 时自动使用 GPU。线程的等待策略由 ``import clipedu`` 在 torch 载入之前设好
+    （OMP_WAIT_POLICY=PASSIVE）：机器上还有别的忙进程时，忙等的 OpenMP 线程会和它抢核，
+    每步慢 2–3 倍。笔记本里若 ``import torch`` 写在 ``import clipedu`` 之前，这里会提示。
     """
     if threads is not None and (not isinstance(threads, int) or threads < 0):
         raise ValueError(f"threads 应为非负整数或 None，实际为 {threads!r}")
     seed_everything(seed)
     if threads is None:
-        threads = min(2, os.cpu_count() or 1)
+        threads = default_threads()
     if threads > 0:
         torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -127,4 +148,7 @@ def setup_notebook(seed: int = 0, threads: int | None = None, quiet: bool = Fals
     if not quiet:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU × {torch.get_num_threads()} 线程"
         print(f"设备：{device}（{name}）；随机种子：{seed}；中文字体：{family}")
+        if device.type == "cpu" and torch.get_num_threads() > 1 and not openmp_passive():
+            print("提示：torch 在 clipedu 之前载入，OpenMP 线程会忙等，机器繁忙时训练可能慢数倍；"
+                  "请把 import clipedu 放在 import torch 之前，或先设环境变量 OMP_WAIT_POLICY=PASSIVE")
     return device
