@@ -2,9 +2,15 @@
 
 一步 = 前向、对称 InfoNCE 损失、反向、AdamW 更新。两边用同一份随机批数据与同一个损失函数，
 按轮次交替（A B B A …）计时，取各轮中位数，尽量抵消机器被他人占用时的波动。
-CUDA 上还报告模型 FLOPs 利用率（MFU，FLOPs 由 torch.utils.flop_counter 数出）与峰值显存。
+每步 FLOPs 由 torch.utils.flop_counter 数出（前向 + 反向）。CUDA 上报告 MFU（对厂商标称峰值）与峰值显存；
+CPU 上报告“实测峰值占比”：FLOPs ÷ 时间 ÷ 同一次运行里实测的方阵乘峰值（同精度、同线程数）。
+
+``--user-path``：用户实际跑的路径——几何图形世界的真实中文标题，clipedu 截掉全是 [PAD] 的尾部列
+（``ChineseTokenizer.trim_padding``，训练循环默认这样做），open_clip 按它的习惯填满整个上下文。
+两边计算量不同，比较的是用户感受到的速度；不加这个选项时两边的输入完全相同。
 
     python benchmarks/train_throughput.py --preset tiny-cpu --batch-size 128
+    python benchmarks/train_throughput.py --preset tiny-cpu --batch-size 128 --precision fp32 --user-path
     python benchmarks/train_throughput.py --preset vit-b-32 --shrink --precision fp32,bf16
     python benchmarks/train_throughput.py --preset vit-b-32 --batch-size 256 --precision bf16 --device cuda
 """
@@ -14,12 +20,17 @@ import argparse
 import contextlib
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
+import clipedu  # 先于 torch：OpenMP 线程空闲时让出 CPU
 import torch
 
-import clipedu
 from clipedu.loss import clip_loss
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine_info, matmul_gflops_per_cpu_s, matmul_peak_gflops  # noqa: E402
 
 # 稠密 bf16 峰值算力（TFLOPS），用于 MFU；fp32 在 CUDA 上按 TF32 峰值（约一半）计
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.0}
@@ -50,6 +61,17 @@ def open_clip_twin(cfg: clipedu.CLIPConfig):
     text = dict(context_length=t.context_length, vocab_size=t.vocab_size, width=t.width, heads=t.heads,
                 layers=t.layers, mlp_ratio=t.mlp_ratio)
     return open_clip.CLIP(cfg.embed_dim, vision, text, quick_gelu=cfg.quick_gelu)
+
+
+def user_batch(cfg: clipedu.CLIPConfig, batch_size: int, device: torch.device):
+    """真实标题：clipedu 截掉 [PAD] 尾部列，open_clip 填满上下文。返回 (图像, clipedu 词元, open_clip 词元)。"""
+    from clipedu.data import ShapesDataset
+    from clipedu.tokenizer import ChineseTokenizer
+    ds = ShapesDataset("train", size=max(batch_size, 1024), image_size=cfg.vision.image_size)
+    images, captions, _ = ds.get_batch(range(batch_size))
+    tok = ChineseTokenizer(context_length=cfg.text.context_length)
+    full = tok(captions, context_length=cfg.text.context_length)
+    return images.to(device), tok.trim_padding(full).to(device), full.to(device)
 
 
 def make_batch(cfg: clipedu.CLIPConfig, batch_size: int, device: torch.device):
@@ -119,7 +141,11 @@ def peak_tflops(device: torch.device, precision: str, override: float | None) ->
 
 
 def bench_precision(args, cfg, device, precision) -> dict:
-    images, tokens = make_batch(cfg, args.batch_size, device)
+    if args.user_path:
+        images, tokens, theirs_tokens = user_batch(cfg, args.batch_size, device)
+    else:
+        images, tokens = make_batch(cfg, args.batch_size, device)
+        theirs_tokens = tokens
     torch.manual_seed(0)
     ours, theirs = clipedu.create_model(cfg), open_clip_twin(cfg)
     if args.channels_last:  # 两边都把卷积权重和输入换成 NHWC
@@ -128,15 +154,23 @@ def bench_precision(args, cfg, device, precision) -> dict:
         images = images.contiguous(memory_format=torch.channels_last)
     runners = [Runner("clipedu", ours, device, precision, args.compile),
                Runner("open_clip", theirs, device, precision, args.compile)]
+    toks = {"clipedu": tokens, "open_clip": theirs_tokens}
     for r in runners:  # 预热：编译、内核选择、分配器缓存
         for _ in range(args.warmup):
-            r.step(images, tokens)
+            r.step(images, toks[r.name])
     for i in range(args.rounds):
         for r in (runners if i % 2 == 0 else runners[::-1]):
-            r.timed(images, tokens, args.steps)
-    out = {"precision": precision, "batch_size": args.batch_size}
+            r.timed(images, toks[r.name], args.steps)
+    out = {"precision": precision, "batch_size": args.batch_size, "user_path": args.user_path,
+           "text_len": {k: int(v.shape[1]) for k, v in toks.items()}}
     tflops = peak_tflops(device, precision, args.peak_tflops)
+    if tflops is None and device.type == "cpu":  # CPU：同一次运行里实测的方阵乘峰值
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        out["measured_matmul_peak_gflops"] = matmul_peak_gflops(dtype=dtype)
+        out["measured_matmul_gflops_per_cpu_s"] = matmul_gflops_per_cpu_s(dtype=dtype)
+        tflops = out["measured_matmul_peak_gflops"] / 1000
     for r, other in zip(runners, runners[::-1]):
+        tokens = toks[r.name]
         out[f"{r.name}_pairs_per_s"] = statistics.median(r.rounds)
         out[f"{r.name}_rounds"] = [round(x, 1) for x in r.rounds]
         if device.type == "cpu":
@@ -146,7 +180,12 @@ def bench_precision(args, cfg, device, precision) -> dict:
         if tflops:
             flops = r.flops_per_step(images, tokens)
             steps_per_s = out[f"{r.name}_pairs_per_s"] / args.batch_size
+            out[f"{r.name}_gflop_per_step"] = flops / 1e9
             out[f"{r.name}_mfu"] = flops * steps_per_s / (tflops * 1e12)
+            if device.type == "cpu":  # 按 CPU 时间的峰值占比：机器被占用时也可信
+                steps_per_cpu_s = out[f"{r.name}_pairs_per_cpu_s"] / args.batch_size
+                out[f"{r.name}_peak_fraction_cpu_time"] = (flops * steps_per_cpu_s
+                                                           / (out["measured_matmul_gflops_per_cpu_s"] * 1e9))
     out["ratio"] = out["clipedu_pairs_per_s"] / out["open_clip_pairs_per_s"]
     if device.type == "cpu":
         out["cpu_time_ratio"] = out["clipedu_pairs_per_cpu_s"] / out["open_clip_pairs_per_cpu_s"]
@@ -183,6 +222,8 @@ def parse_args(argv=None):
     p.add_argument("--shrink", action="store_true", help="缩小宽度/层数/分辨率（CPU 上测大预设）")
     p.add_argument("--threads", type=int, default=None, help="CPU 线程数（默认 torch 的默认值）")
     p.add_argument("--peak-tflops", type=float, default=None, help="手动给出峰值算力以计算 MFU")
+    p.add_argument("--user-path", action="store_true",
+                   help="真实标题：clipedu 截掉 [PAD] 尾部列，open_clip 填满上下文（用户实际的训练路径）")
     p.add_argument("--json", default=None, help="把结果写成 JSON 文件")
     return p.parse_args(argv)
 
@@ -198,12 +239,13 @@ def main(argv=None):
         torch.backends.cudnn.allow_tf32 = True
     cfg = clipedu.get_preset(args.preset)
     cfg = shrink(cfg) if args.shrink else cfg
-    name = args.preset + ("-shrunk" if args.shrink else "")
+    name = args.preset + ("-shrunk" if args.shrink else "") + ("-user-path" if args.user_path else "")
+    print("机器：" + json.dumps(machine_info(), ensure_ascii=False), flush=True)
     results = []
     for precision in args.precision.split(","):
         r = bench_precision(args, cfg, device, precision)
         r.update(preset=name, device=str(device), threads=torch.get_num_threads(), compile=args.compile,
-                 channels_last=args.channels_last)
+                 channels_last=args.channels_last, machine=machine_info())
         results.append(r)
         line = (f"{name:18s} {precision:5s} B={args.batch_size:<4d} clipedu {r['clipedu_pairs_per_s']:9.1f} pairs/s"
                 f" | open_clip {r['open_clip_pairs_per_s']:9.1f} pairs/s | ratio {r['ratio']:.3f}")
@@ -211,7 +253,14 @@ def main(argv=None):
             line += (f" || per CPU-second {r['clipedu_pairs_per_cpu_s']:.1f} vs {r['open_clip_pairs_per_cpu_s']:.1f}"
                      f", ratio {r['cpu_time_ratio']:.3f}")
         if "clipedu_mfu" in r:
-            line += f" | MFU {r['clipedu_mfu']:.1%} vs {r['open_clip_mfu']:.1%}"
+            what = "of measured matmul peak" if device.type == "cpu" else "MFU"
+            line += f" | {what} {r['clipedu_mfu']:.1%} vs {r['open_clip_mfu']:.1%}"
+        if "measured_matmul_peak_gflops" in r:
+            line += (f" (peak {r['measured_matmul_peak_gflops']:.0f} GFLOP/s) | by CPU time "
+                     f"{r['clipedu_peak_fraction_cpu_time']:.1%} vs {r['open_clip_peak_fraction_cpu_time']:.1%}"
+                     f" (of {r['measured_matmul_gflops_per_cpu_s']:.0f} GFLOP/CPU·s)")
+        if args.user_path:
+            line += f" | text len {r['text_len']['clipedu']} vs {r['text_len']['open_clip']}"
         if "clipedu_peak_mem_gib" in r:
             line += f" | peak {r['clipedu_peak_mem_gib']:.2f} vs {r['open_clip_peak_mem_gib']:.2f} GiB"
         print(line, flush=True)

@@ -3,7 +3,17 @@
 公开名字按需惰性导入（PEP 562），``import clipedu`` 很快，也不会因为一个子模块
 出错而拖垮其余部分。
 """
+import os as _os
+import sys as _sys
 from importlib import import_module
+
+# OpenMP（torch 的 CPU 线程池）只在 torch 载入的那一刻读取等待策略。默认的忙等在机器被别的
+# 进程占用时让每步慢 2–3 倍（见 benchmarks/results/threads_under_load.md），所以在 torch 之前
+# 设成 PASSIVE；用户自己设过的值不动。torch 已先载入时这里无能为力，setup_notebook 会提示。
+OMP_PASSIVE = _os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE" or "torch" not in _sys.modules
+if "torch" not in _sys.modules:
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    OMP_PASSIVE = _os.environ["OMP_WAIT_POLICY"].upper() == "PASSIVE"
 
 __version__ = "0.1.0"
 

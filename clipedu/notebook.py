@@ -62,22 +62,93 @@ def register_cjk_font() -> str:
     return family
 
 
+# 全书统一的配色：同一种东西在每一章都是同一种颜色（见 figure_style）。
+PALETTE = {
+    "image": "#1f77b4",      # 图像（图像塔、图像特征）：蓝
+    "text": "#ff7f0e",       # 文本（文本塔、文本特征）：橙
+    "seen": "#2ca02c",       # 训练时见过的组合：绿
+    "heldout": "#d62728",    # 留出组合：红
+    "clipedu": "#1f77b4",    # 本书的 clipedu：蓝
+    "open_clip": "#7f7f7f",  # 对照的 open_clip：灰
+}
+
+
+def figure_style() -> None:
+    """全书插图的统一样式（setup_notebook 调用；见前言 sec-preface-howto）。
+
+    书页的版心约 740 px 宽：字号按“图缩放到版心宽度后仍清楚”来定；
+    图的底色是不透明的白色，深色模式下也不会出现“透明底 + 黑字”；
+    默认颜色循环的前几种依次是 PALETTE 里的图像蓝、文本橙、见过绿、留出红。
+    """
+    import matplotlib
+    from cycler import cycler
+
+    order = ["image", "text", "seen", "heldout"]
+    extra = ["#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+    matplotlib.rcParams.update({
+        "figure.dpi": 100,
+        "figure.facecolor": "white",
+        "figure.edgecolor": "white",
+        "axes.facecolor": "white",
+        "savefig.facecolor": "white",
+        "savefig.transparent": False,
+        "font.size": 11,
+        "axes.titlesize": 12,
+        "axes.labelsize": 11,
+        "xtick.labelsize": 10,
+        "ytick.labelsize": 10,
+        "legend.fontsize": 10,
+        "legend.framealpha": 0.9,
+        "figure.titlesize": 13,
+        "axes.titlepad": 6,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "axes.prop_cycle": cycler(color=[PALETTE[k] for k in order] + extra),
+        "image.cmap": "viridis",
+    })
+
+
+def usable_cpus() -> int:
+    """本进程能用的 CPU 核数：按 CPU 亲和性（容器、taskset 限制后的真实数目），而不是整机核数。"""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS、Windows 没有 sched_getaffinity
+        return os.cpu_count() or 1
+
+
+def default_threads() -> int:
+    """笔记本的 CPU 线程数：``min(2, 可用核数)``，即书中默认“在 2 核上能跑完”。"""
+    return min(2, usable_cpus())
+
+
+def openmp_passive() -> bool:
+    """OpenMP 线程空闲时是否让出 CPU（OMP_WAIT_POLICY=PASSIVE 在 torch 载入前生效）。"""
+    import clipedu
+    return bool(getattr(clipedu, "OMP_PASSIVE", False))
+
+
 def setup_notebook(seed: int = 0, threads: int | None = None, quiet: bool = False) -> torch.device:
     """笔记本开场：设种子、选设备、设线程数、注册中文字体，返回 ``torch.device``。
 
-    ``threads=None`` 时 CPU 线程数取 ``min(2, 核数)``，即书中默认“在 2 核上能跑完”；
-    传 0 则保持 PyTorch 自己的默认值。有 CUDA 时自动使用 GPU。
+    ``threads=None`` 时 CPU 线程数取 ``default_threads()``；传 0 则保持 PyTorch 自己的默认值。
+    有 CUDA 时自动使用 GPU。线程的等待策略由 ``import clipedu`` 在 torch 载入之前设好
+    （OMP_WAIT_POLICY=PASSIVE）：机器上还有别的忙进程时，忙等的 OpenMP 线程会和它抢核，
+    每步慢 2–3 倍。笔记本里若 ``import torch`` 写在 ``import clipedu`` 之前，这里会提示。
     """
     if threads is not None and (not isinstance(threads, int) or threads < 0):
         raise ValueError(f"threads 应为非负整数或 None，实际为 {threads!r}")
     seed_everything(seed)
     if threads is None:
-        threads = min(2, os.cpu_count() or 1)
+        threads = default_threads()
     if threads > 0:
         torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     family = register_cjk_font()
+    figure_style()
     if not quiet:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU × {torch.get_num_threads()} 线程"
         print(f"设备：{device}（{name}）；随机种子：{seed}；中文字体：{family}")
+        if device.type == "cpu" and torch.get_num_threads() > 1 and not openmp_passive():
+            print("提示：torch 在 clipedu 之前载入，OpenMP 线程会忙等，机器繁忙时训练可能慢数倍；"
+                  "请把 import clipedu 放在 import torch 之前，或先设环境变量 OMP_WAIT_POLICY=PASSIVE")
     return device

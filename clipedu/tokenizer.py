@@ -101,16 +101,22 @@ class ChineseTokenizer:
             out.append(self.vocab[i] if 0 <= i < len(self.vocab) else "[UNK]")
         return "".join(out)
 
-    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
+    def __call__(
+        self, texts: str | Sequence[str], context_length: int | None = None
+    ) -> torch.Tensor:
         """批量编码，返回 ``LongTensor[B, L]``，L 为 context_length。"""
         if isinstance(texts, str):
             texts = [texts]
         if not isinstance(texts, (list, tuple)):
-            raise TypeError(f"texts 应为 str 或 str 列表，实际为 {type(texts).__name__}")
-        L = self._check_context_length(self.context_length if context_length is None else context_length)
+            got = type(texts).__name__
+            raise TypeError(f"texts 应为 str 或 str 列表，实际为 {got}")
+        if context_length is None:
+            context_length = self.context_length
+        L = self._check_context_length(context_length)
         out = torch.full((len(texts), L), PAD_ID, dtype=torch.long)
         for b, text in enumerate(texts):
-            ids = [SOS_ID] + self.encode(text)[: L - 2] + [EOS_ID]  # 截断正文，保留 [EOS]
+            # 截断正文，保留 [EOS]
+            ids = [SOS_ID] + self.encode(text)[: L - 2] + [EOS_ID]
             out[b, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         return out
 

@@ -31,7 +31,7 @@ from .config import CLIPConfig, TrainConfig
 from .distributed import (all_reduce_mean, barrier, broadcast_flag, init_distributed,
                           is_dist)
 from .loss import ClipLoss
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, observe_time
 from .outdir import OutDirLock, check_resume_config
 from .precision import Precision, build_precision, prepare_model
 from .run_log import RunLogger
@@ -98,6 +98,8 @@ def _loop(state: TrainState, dataset, logger: RunLogger) -> list[dict]:
     t_start, train_time, eval_time = time.perf_counter(), 0.0, 0.0
     while state.step < cfg.steps:
         t0 = time.perf_counter()
+        # 有时间预算时，学习率日程按“步数进度与时间进度取大者”推进（optim.BudgetCosine）
+        observe_time(state.scheduler, state.step, t0 - t_start)
         record = train_one_step(state, next(stream), dataset)
         dt = time.perf_counter() - t0
         train_time += dt

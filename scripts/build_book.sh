@@ -19,6 +19,9 @@ export PATH="$ROOT/.venv/bin:$PATH"
 # 笔记本的默认设置按 2 核准备；每个 notebook 自己用 setup_notebook() 设线程数
 # 不设 MPLBACKEND：内核要用 matplotlib 的 inline 后端，图才会写进笔记本输出
 export PYTHONHASHSEED=0 PYDEVD_DISABLE_FILE_VALIDATION=1
+# OpenMP 线程空闲时让出 CPU：默认的忙等在机器被别的进程占用时让笔记本慢 2–3 倍
+# （benchmarks/results/threads_under_load.md）；用户自己设过的值不动
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 NB_TIMEOUT=${NB_TIMEOUT:-600}   # 单个笔记本的上限（秒）；目标是 2 核上 ≤ 3 分钟
 EDITION=${EDITION:-full}
 case $EDITION in
@@ -41,6 +44,9 @@ fi
 log "准备副本 $STAGE"
 rm -rf "$STAGE"
 mkdir -p "$STAGE"
+# 笔记本共用的模型缓存（clipedu.model_cache）：同一配置与种子在一次构建里只训练一次；
+# 放在副本里，每次构建都从零训练，不会用到旧代码训练出的模型
+export CLIPEDU_CACHE="$STAGE/model_cache"
 cp _config.yml _toc.yml "$STAGE/"
 cp -r book "$STAGE/"
 mkdir -p "$STAGE/notebooks"

@@ -99,3 +99,35 @@ def test_fallback_to_system_font_and_clear_error(monkeypatch):
     monkeypatch.setattr(font_manager.fontManager, "ttflist", [])
     with pytest.raises(RuntimeError, match="中文字体"):
         notebook.register_cjk_font()
+
+
+def test_default_threads_follow_cpu_affinity(monkeypatch):
+    monkeypatch.setattr(notebook.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert notebook.usable_cpus() == 1 and notebook.default_threads() == 1
+    clipedu.setup_notebook(quiet=True)
+    assert torch.get_num_threads() == 1
+    monkeypatch.setattr(notebook.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert notebook.default_threads() == 2
+
+
+@pytest.mark.slow
+def test_import_clipedu_sets_passive_wait_policy_before_torch():
+    """import clipedu 先于 torch：子进程里 OMP_WAIT_POLICY 被设为 PASSIVE；用户设过的值保留；
+    torch 先载入时 clipedu 知道策略没有生效（setup_notebook 据此提示）。"""
+    import json
+    import os
+    import subprocess
+    import sys
+    code = ("import os, json, sys; {first}; import clipedu, torch; "
+            "print(json.dumps([os.environ.get('OMP_WAIT_POLICY'), clipedu.OMP_PASSIVE]))")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+
+    def run(first, **extra):
+        out = subprocess.run([sys.executable, "-c", code.format(first=first)], env={**env, **extra},
+                             capture_output=True, text=True, check=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    assert run("pass") == ["PASSIVE", True]
+    assert run("pass", OMP_WAIT_POLICY="ACTIVE") == ["ACTIVE", False]
+    assert run("import torch") == [None, False]
+    assert run("import torch", OMP_WAIT_POLICY="passive") == ["passive", True]

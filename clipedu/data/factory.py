@@ -26,31 +26,45 @@ def _need_path(cfg: TrainConfig) -> str:
 
 
 def build_train_dataset(cfg: TrainConfig, image_size: int) -> Dataset | IterableDataset:
-    """按 ``cfg.dataset`` 返回训练集：shapes/digits/csv/cn-clip 为 map 式，wds 为流式。"""
+    """按 ``cfg.dataset`` 返回训练集。
+
+    shapes/digits/csv/cn-clip 为 map 式，wds 为流式。
+    """
     name = cfg.dataset
     if name == "shapes":
         from . import ShapesDataset
-        return ShapesDataset(split="train", image_size=image_size, seed=cfg.seed, max_objects=cfg.max_objects)
+        return ShapesDataset(
+            split="train", image_size=image_size, seed=cfg.seed,
+            max_objects=cfg.max_objects,
+        )
     if name == "digits":
         from . import DigitsDataset
         return DigitsDataset(split="train", image_size=image_size, seed=cfg.seed)
     if name == "csv":
         from .csv import CsvDataset
         from . import train_transform
-        return CsvDataset(_need_path(cfg), transform=train_transform(image_size), img_key=cfg.csv_img_key,
-                          caption_key=cfg.csv_caption_key, sep=cfg.csv_separator, encoding=cfg.encoding,
-                          strict=cfg.strict, max_bad_fraction=cfg.max_bad_fraction)
+        return CsvDataset(
+            _need_path(cfg), transform=train_transform(image_size),
+            img_key=cfg.csv_img_key, caption_key=cfg.csv_caption_key,
+            sep=cfg.csv_separator, encoding=cfg.encoding,
+            strict=cfg.strict, max_bad_fraction=cfg.max_bad_fraction,
+        )
     if name == "cn-clip":
         from .cnclip import CnClipDataset
         from . import train_transform
-        return CnClipDataset(_need_path(cfg), split="train", transform=train_transform(image_size),
-                             strict=cfg.strict, max_bad_fraction=cfg.max_bad_fraction)
+        return CnClipDataset(
+            _need_path(cfg), split="train", transform=train_transform(image_size),
+            strict=cfg.strict, max_bad_fraction=cfg.max_bad_fraction,
+        )
     if name == "wds":
         from .wds import build_wds_dataset
         from . import train_transform
-        return build_wds_dataset(_need_path(cfg), transform=train_transform(image_size), seed=cfg.seed,
-                                 strict=cfg.strict, max_bad_fraction=cfg.max_bad_fraction)
-    raise ValueError(f"未知数据集 {name!r}；可选：{', '.join(TRAIN_DATASETS)} / unknown dataset")
+        return build_wds_dataset(
+            _need_path(cfg), transform=train_transform(image_size), seed=cfg.seed,
+            strict=cfg.strict, max_bad_fraction=cfg.max_bad_fraction,
+        )
+    choices = ", ".join(TRAIN_DATASETS)
+    raise ValueError(f"未知数据集 {name!r}；可选：{choices} / unknown dataset")
 
 
 __all__ = ["build_train_dataset", "TRAIN_DATASETS"]

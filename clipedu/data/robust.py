@@ -296,14 +296,19 @@ def collate(batch: list) -> Batch:
     return Batch(images, [s[1] for s in batch], labels, dict(bad), len(batch) + sum(bad.values()), examples)
 
 
-def load_with_substitutes(n: int, index: int, load: Callable[[int], tuple], strict: bool,
-                          max_tries: int = 64, known_bad: Optional[set] = None) -> Sample:
+def load_with_substitutes(
+    n: int, index: int, load: Callable[[int], tuple], strict: bool,
+    max_tries: int = 64, known_bad: Optional[set] = None,
+) -> Sample:
     """读第 ``index`` 个样本；坏了就换一个随机的好样本，保持批大小不变。
 
-    只记第 ``index`` 个自己的坏原因：每个下标每轮只被要求一次，所以每个坏样本每轮恰好计一次，
-    试替补时碰到的坏样本不计（轮到它自己时才计），只记进 ``known_bad``，以后不再选它。
-    替补按 (index, 第几次) 确定性地随机抽取，所以一整块连续的坏行也不会耗尽尝试次数；
-    只有坏样本占了绝大多数时才会连续 ``max_tries`` 次抽不到好样本而报错。strict 时第一个坏样本就报错。
+    只记第 ``index`` 个自己的坏原因：每个下标每轮只被要求一次，
+    所以每个坏样本每轮恰好计一次；试替补时碰到的坏样本不计
+    （轮到它自己时才计），只记进 ``known_bad``，以后不再选它。
+    替补按 (index, 第几次) 确定性地随机抽取，
+    所以一整块连续的坏行也不会耗尽尝试次数；
+    只有坏样本占了绝大多数时，才会连续 ``max_tries`` 次抽不到好样本而报错。
+    strict 时第一个坏样本就报错。
     """
     if not 0 <= index < n:
         raise IndexError(f"下标 {index} 超出范围 [0, {n})")
@@ -325,12 +330,15 @@ def load_with_substitutes(n: int, index: int, load: Callable[[int], tuple], stri
             continue
         try:
             image, caption, label = load(j)
-            return Sample(image, caption, label, [first.reason], {first.reason: first.describe()})
+            examples = {first.reason: first.describe()}
+            return Sample(image, caption, label, [first.reason], examples)
         except BadSample:
             known_bad.add(j)
     raise BadSampleError(
-        f"第 {index} 个样本是坏的（{first}），随机试了 {max_tries} 个替补也都是坏样本（已知坏样本 "
-        f"{len(known_bad)}/{n} 个）；数据几乎全坏，请检查数据 / too many bad samples"
+        f"第 {index} 个样本是坏的（{first}），"
+        f"随机试了 {max_tries} 个替补也都是坏样本"
+        f"（已知坏样本 {len(known_bad)}/{n} 个）；"
+        f"数据几乎全坏，请检查数据 / too many bad samples"
     )
 
 

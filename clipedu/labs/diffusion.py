@@ -86,37 +86,56 @@ class GaussianDiffusion:
         if t.shape != (x.shape[0],):
             raise ValueError(f"t 的形状应为 ({x.shape[0]},)，实际为 {tuple(t.shape)}")
         if t.min() < 0 or t.max() >= self.timesteps:
-            raise ValueError(f"t 应在 [0, {self.timesteps - 1}] 内，实际范围 [{int(t.min())}, {int(t.max())}]")
+            lo, hi = int(t.min()), int(t.max())
+            last = self.timesteps - 1
+            raise ValueError(f"t 应在 [0, {last}] 内，实际范围 [{lo}, {hi}]")
         return t.long()
 
     # ---- 前向过程 ----
-    def q_sample(self, x0: torch.Tensor, t, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def q_sample(
+        self, x0: torch.Tensor, t, noise: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """闭式加噪：x_t = √ᾱ_t · x_0 + √(1−ᾱ_t) · ε，一步跳到任意 t。"""
         t = self._check_t(t, x0)
         noise = torch.randn_like(x0) if noise is None else noise
-        return _extract(self.alpha_bars.sqrt(), t, x0) * x0 + _extract((1 - self.alpha_bars).sqrt(), t, x0) * noise
+        signal_coef = _extract(self.alpha_bars.sqrt(), t, x0)
+        noise_coef = _extract((1 - self.alpha_bars).sqrt(), t, x0)
+        return signal_coef * x0 + noise_coef * noise
 
-    def q_step(self, x_prev: torch.Tensor, t, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def q_step(
+        self, x_prev: torch.Tensor, t, noise: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """单步加噪：x_t = √α_t · x_{t-1} + √β_t · ε（用来逐步验证闭式公式）。"""
         t = self._check_t(t, x_prev)
         noise = torch.randn_like(x_prev) if noise is None else noise
-        return _extract(self.alphas.sqrt(), t, x_prev) * x_prev + _extract(self.betas.sqrt(), t, x_prev) * noise
+        signal_coef = _extract(self.alphas.sqrt(), t, x_prev)
+        noise_coef = _extract(self.betas.sqrt(), t, x_prev)
+        return signal_coef * x_prev + noise_coef * noise
 
-    def q_posterior(self, x0: torch.Tensor, xt: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+    def q_posterior(
+        self, x0: torch.Tensor, xt: torch.Tensor, t
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """后验 q(x_{t-1} | x_t, x_0) 的均值 μ̃_t 与方差 β̃_t（方差已整形为可广播）。"""
         t = self._check_t(t, xt)
-        mean = _extract(self.posterior_coef_x0, t, xt) * x0 + _extract(self.posterior_coef_xt, t, xt) * xt
+        coef_x0 = _extract(self.posterior_coef_x0, t, xt)
+        coef_xt = _extract(self.posterior_coef_xt, t, xt)
+        mean = coef_x0 * x0 + coef_xt * xt
         return mean, _extract(self.posterior_variance, t, xt)
 
     def predict_x0(self, xt: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
         """由 ε 预测反推 x̂_0 = (x_t − √(1−ᾱ_t) ε̂) / √ᾱ_t。"""
         t = self._check_t(t, xt)
-        return (xt - _extract((1 - self.alpha_bars).sqrt(), t, xt) * eps) / _extract(self.alpha_bars.sqrt(), t, xt)
+        noise_coef = _extract((1 - self.alpha_bars).sqrt(), t, xt)
+        signal_coef = _extract(self.alpha_bars.sqrt(), t, xt)
+        return (xt - noise_coef * eps) / signal_coef
 
     # ---- 训练目标 ----
     def loss(self, model: nn.Module, x0: torch.Tensor, cond=None, p_uncond: float = 0.0,
              generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """ε 预测目标：E_{t,ε} ‖ε − ε_θ(x_t, t, c)‖²。以概率 p_uncond 丢掉条件，为 CFG 学无条件模型。"""
+        """ε 预测目标：E_{t,ε} ‖ε − ε_θ(x_t, t, c)‖²。
+
+        以概率 p_uncond 丢掉条件，为 CFG 学无条件模型。
+        """
         B = x0.shape[0]
         t = _randint(self.timesteps, (B,), generator, x0.device)
         noise = _randn(x0.shape, generator, x0.device, x0.dtype)
@@ -124,26 +143,42 @@ class GaussianDiffusion:
         drop = None
         if cond is not None and p_uncond > 0:
             drop = _rand((B,), generator, x0.device) < p_uncond
-        eps = model(xt, t, cond=cond, drop_cond=drop) if cond is not None else model(xt, t)
+        if cond is not None:
+            eps = model(xt, t, cond=cond, drop_cond=drop)
+        else:
+            eps = model(xt, t)
         return F.mse_loss(eps, noise)
 
     # ---- 反向过程 ----
     def predict_eps(self, model: nn.Module, xt: torch.Tensor, t: torch.Tensor, cond=None,
                     guidance_scale: float = 1.0) -> torch.Tensor:
-        """网络的 ε 预测；有条件且 w≠1 时把有条件/无条件拼成一批，一次前向算两份再按 CFG 组合。"""
+        """网络的 ε 预测。
+
+        有条件且 w≠1 时把有条件/无条件拼成一批，一次前向算两份，再按 CFG 组合。
+        """
         if cond is None:
             return model(xt, t)
         if guidance_scale == 1.0:
             return model(xt, t, cond=cond)
         B = xt.shape[0]
-        drop = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)]).to(xt.device)
-        eps = model(torch.cat([xt, xt]), torch.cat([t, t]), cond=torch.cat([cond, cond]), drop_cond=drop)
+        keep = torch.zeros(B, dtype=torch.bool)
+        drop_all = torch.ones(B, dtype=torch.bool)
+        drop = torch.cat([keep, drop_all]).to(xt.device)
+        eps = model(
+            torch.cat([xt, xt]), torch.cat([t, t]),
+            cond=torch.cat([cond, cond]), drop_cond=drop,
+        )
         eps_cond, eps_uncond = eps[:B], eps[B:]
         return cfg_combine(eps_uncond, eps_cond, guidance_scale)
 
-    def p_sample_step(self, model: nn.Module, xt: torch.Tensor, t: int, cond=None, guidance_scale: float = 1.0,
-                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """祖先采样的一步：x_{t-1} = μ̃_t(x̂_0(x_t, ε̂), x_t) + √β̃_t · z，最后一步不加噪声。"""
+    def p_sample_step(
+        self, model: nn.Module, xt: torch.Tensor, t: int, cond=None,
+        guidance_scale: float = 1.0, generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """祖先采样的一步：x_{t-1} = μ̃_t(x̂_0(x_t, ε̂), x_t) + √β̃_t · z。
+
+        最后一步不加噪声。
+        """
         tt = torch.full((xt.shape[0],), t, dtype=torch.long, device=xt.device)
         eps = self.predict_eps(model, xt, tt, cond, guidance_scale)
         x0_hat = self.predict_x0(xt, tt, eps)

@@ -119,9 +119,14 @@ class EarlyFusion(_FusionBase):
         B, N, D = index.shape
         tokens = self._broadcast(index, tokens)
         txt, pad = self.text(tokens)
-        x = torch.cat([self.cls.expand(B, -1, -1), index, txt + self.type_emb[1]], dim=1)  # (B, 1+N+L, D)
-        mask = torch.cat([torch.zeros(B, 1 + N, dtype=torch.bool, device=pad.device), pad], dim=1)
-        x = self.encoder(x, src_key_padding_mask=mask)  # 整个 Transformer 都要对每个 (图, 问题) 对重算
+        cls = self.cls.expand(B, -1, -1)
+        # (B, 1+N+L, D)
+        x = torch.cat([cls, index, txt + self.type_emb[1]], dim=1)
+        # [CLS] 与图块从不填充，只有文本部分可能是 [PAD]
+        no_pad = torch.zeros(B, 1 + N, dtype=torch.bool, device=pad.device)
+        mask = torch.cat([no_pad, pad], dim=1)
+        # 整个 Transformer 都要对每个 (图, 问题) 对重算
+        x = self.encoder(x, src_key_padding_mask=mask)
         return self.head(self.norm(x[:, 0]))  # (B, num_answers)
 
 
@@ -207,21 +212,34 @@ def vqa_tensors(dataset, tokenizer, context_length: int = 16) -> tuple[torch.Ten
     return images, tokenizer(questions, context_length=context_length), answers
 
 
-def fit_classifier(model: nn.Module, inputs: Sequence[torch.Tensor], labels: torch.Tensor, *, steps: int = 500,
-                   batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 0.01,
-                   time_budget: Optional[float] = None, seed: int = 0, device=None) -> list[dict]:
-    """共用的小训练器：交叉熵 + AdamW + 预热后余弦衰减，``model(*inputs[idx]) -> logits``。
+def fit_classifier(
+    model: nn.Module, inputs: Sequence[torch.Tensor], labels: torch.Tensor, *,
+    steps: int = 500, batch_size: int = 128, lr: float = 1e-3,
+    weight_decay: float = 0.01, time_budget: Optional[float] = None,
+    seed: int = 0, device=None,
+) -> list[dict]:
+    """共用的小训练器：交叉熵 + AdamW + 预热后余弦衰减。
 
-    每步随机抽一批下标；``time_budget``（秒）到了就提前停。返回逐步的 {step, loss, acc, time}。
+    约定 ``model(*inputs[idx]) -> logits``。每步随机抽一批下标；
+    ``time_budget``（秒）到了就提前停。返回逐步的 {step, loss, acc, time}。
     """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if device is not None:
+        device = torch.device(device)
+    else:
+        device = next(model.parameters()).device
     if any(x.shape[0] != labels.shape[0] for x in inputs):
-        raise ValueError(f"inputs 与 labels 的样本数应相同，实际为 {[x.shape[0] for x in inputs]} 与 {labels.shape[0]}")
+        sizes = [x.shape[0] for x in inputs]
+        raise ValueError(
+            f"inputs 与 labels 的样本数应相同，实际为 {sizes} 与 {labels.shape[0]}"
+        )
     g = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     warmup = max(1, steps // 20)
-    lr_at = lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps))
+    # 线性预热 warmup 步，再余弦衰减到 0
+    lr_at = lambda s: (
+        min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps))
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     model.train()
     history, start = [], time.perf_counter()
@@ -235,8 +253,10 @@ def fit_classifier(model: nn.Module, inputs: Sequence[torch.Tensor], labels: tor
         opt.step()
         sched.step()
         elapsed = time.perf_counter() - start
-        history.append({"step": step + 1, "loss": loss.item(), "acc": (logits.argmax(-1) == y).float().mean().item(),
-                        "time": elapsed})
+        acc = (logits.argmax(-1) == y).float().mean().item()
+        history.append(
+            {"step": step + 1, "loss": loss.item(), "acc": acc, "time": elapsed}
+        )
         if time_budget is not None and elapsed >= time_budget:
             break
     model.eval()

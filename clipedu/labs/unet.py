@@ -86,7 +86,10 @@ class TinyUNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)  # 初始输出 ε̂ = 0，训练起点更稳
         nn.init.zeros_(self.conv_out.bias)
 
-    def embed(self, t: torch.Tensor, cond: Optional[torch.Tensor], drop_cond: Optional[torch.Tensor]) -> torch.Tensor:
+    def embed(
+        self, t: torch.Tensor, cond: Optional[torch.Tensor],
+        drop_cond: Optional[torch.Tensor],
+    ) -> torch.Tensor:
         """时间嵌入 + 条件嵌入，(B, emb_dim)。"""
         emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
         if self.config.cond_dim == 0:
@@ -96,9 +99,14 @@ class TinyUNet(nn.Module):
         if cond is None:  # 没给条件 = 全部用空条件
             cond = self.null_cond.expand(t.shape[0], -1)
         elif cond.shape != (t.shape[0], self.config.cond_dim):
-            raise ValueError(f"cond 的形状应为 ({t.shape[0]}, {self.config.cond_dim})，实际为 {tuple(cond.shape)}")
+            expected = (t.shape[0], self.config.cond_dim)
+            raise ValueError(
+                f"cond 的形状应为 ({expected[0]}, {expected[1]})，"
+                f"实际为 {tuple(cond.shape)}"
+            )
         if drop_cond is not None:
-            cond = torch.where(drop_cond[:, None], self.null_cond.to(cond.dtype).expand_as(cond), cond)
+            null = self.null_cond.to(cond.dtype).expand_as(cond)
+            cond = torch.where(drop_cond[:, None], null, cond)
         return emb + self.cond_proj(cond)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Optional[torch.Tensor] = None,

@@ -1,0 +1,122 @@
+"""按配置与种子寻址的模型缓存：同一个训练在一次构建里只做一次（见第 5 章 sec-time-budget）。
+
+第 2、3 章的好几个笔记本都要一个“在几何图形世界上训练好的 tiny-cpu CLIP”。同样的配置、同样的
+种子，训练结果就是同一个模型，没有必要每个笔记本重训一遍。``train_cached(cfg)`` 先用配置算出
+一个键（SHA-256），缓存里有就直接把权重与日志还原到 ``cfg.out_dir``，没有才调用 ``train(cfg)``
+并把结果存起来。之后的代码照常读 ``out_dir/last.pt``、``log.jsonl``、``metrics.json``。
+
+缓存目录：环境变量 ``CLIPEDU_CACHE``，默认 ``~/.cache/clipedu/models``。只存安全格式：
+权重 ``model.safetensors``，其余 JSON；写入先进临时目录，再整体改名，中途被杀不会留下半个条目。
+只有按步数正常结束的运行才入缓存：被时间预算截断的结果取决于机器当时有多忙，不可复现。
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .train import train
+
+CACHE_ENV = "CLIPEDU_CACHE"
+CACHE_FORMAT = 1
+# 不影响训练结果的字段：不进键
+_NOT_IN_KEY = ("out_dir", "progress", "tensorboard", "log_every", "save_every", "keep_last")
+
+
+def cache_dir() -> Path:
+    """缓存根目录：``$CLIPEDU_CACHE``，否则 ``~/.cache/clipedu/models``。"""
+    root = os.environ.get(CACHE_ENV)
+    return Path(root) if root else Path.home() / ".cache" / "clipedu" / "models"
+
+
+def cache_key(cfg: TrainConfig, data_key: Optional[str] = None) -> str:
+    """由训练配置（去掉输出目录、进度条等无关字段）、clipedu 与 torch 版本算出的 SHA-256 前 24 位。"""
+    from . import __version__
+
+    d = dataclasses.asdict(cfg)
+    for name in _NOT_IN_KEY:
+        d.pop(name, None)
+    d["model"] = cfg.model_config().to_dict()  # 预设展开成具体结构：预设改了，键也跟着变
+    payload = {"cache_format": CACHE_FORMAT, "clipedu": __version__, "torch": torch.__version__.split("+")[0],
+               "train_config": d, "data_key": data_key}
+    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+
+
+def train_cached(cfg: TrainConfig, train_dataset=None, data_key: Optional[str] = None) -> list[dict]:
+    """与 ``train(cfg)`` 相同的返回值与输出文件；同样的配置第二次调用时直接从缓存还原。
+
+    传入自己的 ``train_dataset`` 时必须给出 ``data_key``（一个能唯一描述这份数据的字符串），
+    否则无法判断两次的数据是否相同。
+    """
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"train_cached 需要 TrainConfig，实际为 {type(cfg).__name__}")
+    if train_dataset is not None and not data_key:
+        raise ValueError("传入了自己的 train_dataset，请同时给出 data_key（描述这份数据的字符串），"
+                         "缓存才能区分不同的数据 / custom dataset needs data_key")
+    if cfg.resume or cfg.init_from:
+        raise ValueError("续训（resume）与 init_from 依赖外部文件，不能按配置缓存；请直接用 clipedu.train / "
+                         "cannot cache resumed or initialised runs")
+    entry = cache_dir() / cache_key(cfg, data_key)
+    if (entry / "meta.json").is_file():
+        history = _restore(entry, Path(cfg.out_dir))
+        print(f"[clipedu] 从模型缓存还原（{len(history)} 步，键 {entry.name}）：{entry}")
+        return history
+    history = train(cfg, train_dataset)
+    metrics = json.loads((Path(cfg.out_dir) / "metrics.json").read_text(encoding="utf-8"))
+    if metrics.get("stopped_by") == "steps":
+        _store(entry, Path(cfg.out_dir), history)
+    return history
+
+
+def _store(entry: Path, out_dir: Path, history: list[dict]) -> None:
+    """把 last.pt 的权重存成 safetensors，其余存成 JSON；先写临时目录再原子改名。"""
+    from safetensors.torch import save_file
+
+    ckpt = load_checkpoint(out_dir / "last.pt")
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    try:
+        save_file({k: v.detach().contiguous() for k, v in ckpt["model"].items()}, str(tmp / "model.safetensors"))
+        (tmp / "history.json").write_text(json.dumps(history, ensure_ascii=False), encoding="utf-8")
+        shutil.copyfile(out_dir / "metrics.json", tmp / "metrics.json")
+        meta = {"format": "clipedu-model-cache", "cache_format": CACHE_FORMAT, "key": entry.name,
+                "config": ckpt["config"], "tokenizer": ckpt["tokenizer"], "train_config": ckpt["train_config"]}
+        (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")  # 最后写：有它才算完整
+        os.replace(tmp, entry)
+    except OSError:
+        if not (entry / "meta.json").is_file():
+            raise  # 不是“别的进程已经先存好了同一个条目”，而是真的写失败了
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _restore(entry: Path, out_dir: Path) -> list[dict]:
+    """从缓存条目写出 out_dir/last.pt（只含模型，不能续训）、log.jsonl 与 metrics.json。"""
+    from safetensors.torch import load_file
+
+    meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
+    if meta.get("format") != "clipedu-model-cache" or meta.get("key") != entry.name:
+        raise ValueError(f"缓存条目 {entry} 已损坏（meta.json 不符）；删掉这个目录后重试 / corrupt cache entry")
+    history = json.loads((entry / "history.json").read_text(encoding="utf-8"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({"format": FORMAT, "version": VERSION, "model": load_file(str(entry / "model.safetensors")),
+                     "tokenizer": meta["tokenizer"], "config": meta["config"],
+                     "train_config": meta["train_config"]}, out_dir / "last.pt")
+    with open(out_dir / "log.jsonl", "w", encoding="utf-8") as f:
+        for record in history:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    shutil.copyfile(entry / "metrics.json", out_dir / "metrics.json")
+    return history
+
+
+__all__ = ["train_cached", "cache_key", "cache_dir", "CACHE_ENV"]

@@ -1,0 +1,54 @@
+"""clipedu.notebook.figure_style：书中插图在深色模式下也可读（不透明白底）、字号够大、配色一致。"""
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import clipedu  # noqa: E402
+from clipedu.notebook import PALETTE, figure_style  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _restore_rc():
+    rc = matplotlib.rcParams.copy()
+    yield
+    matplotlib.rcParams.update(rc)
+
+
+def _png_rgba(fig) -> np.ndarray:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    buf.seek(0)
+    return plt.imread(buf)
+
+
+def test_setup_notebook_applies_the_house_style():
+    matplotlib.rcParams["font.size"] = 6
+    clipedu.setup_notebook(quiet=True)
+    assert matplotlib.rcParams["font.size"] >= 10
+    assert matplotlib.rcParams["savefig.transparent"] is False
+
+
+def test_figures_are_opaque_white_not_transparent():
+    figure_style()
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([0, 1], [0, 1])
+    ax.set_title("title")
+    rgba = _png_rgba(fig)
+    # 每个像素都不透明（深色模式下不会变成“黑底黑字”），角上是白色
+    assert rgba.shape[2] == 4 and rgba[..., 3].min() == 1.0
+    np.testing.assert_allclose(rgba[0, 0, :3], 1.0)
+
+
+def test_same_colours_for_same_things():
+    figure_style()
+    cycle = [c["color"] for c in matplotlib.rcParams["axes.prop_cycle"]]
+    assert cycle[:4] == [PALETTE[k] for k in ("image", "text", "seen", "heldout")]
+    # 同一概念的两对颜色彼此可分
+    assert PALETTE["image"] != PALETTE["text"] and PALETTE["seen"] != PALETTE["heldout"]
+    assert PALETTE["clipedu"] != PALETTE["open_clip"]
