@@ -24,7 +24,7 @@ import torch
 
 from .checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .train import train
+from .trainer import train
 
 CACHE_ENV = "CLIPEDU_CACHE"
 CACHE_FORMAT = 1

@@ -77,9 +77,9 @@ def warmup_cosine(warmup_steps: int, total_steps: int):
 class BudgetCosine:
     """按“步数进度”与“时间进度”中较快的一个走余弦日程（见第 5 章 sec-time-budget）。
 
-    只按步数排日程时，``--time-budget`` 会在学习率还很高时把训练掐断（2 核上 120 s 只走得完
-    1000 步日程的三分之一多，学习率停在峰值的约 75%）。这里在预热结束后记下时刻 e0 与当时的
-    余弦进度 q0，此后
+    只按步数排日程时，``--time-budget`` 会在学习率还很高时把训练掐断
+    （2 核上 120 s 只走得完 1000 步日程的三分之一多，学习率停在峰值的约 75%）。
+    这里在预热结束后记下时刻 e0 与当时的余弦进度 q0，此后
 
         时间进度 = q0 + (1 − q0) · (elapsed − e0) / (time_budget − e0)
         余弦进度 = max(步数进度, 时间进度)
@@ -88,24 +88,35 @@ class BudgetCosine:
     学习率从原处接着降，不会跳回峰值。没有 time_budget 时与 ``warmup_cosine`` 完全相同。
     """
 
-    def __init__(self, warmup_steps: int, total_steps: int, time_budget: float | None = None):
+    def __init__(self, warmup_steps: int, total_steps: int,
+                 time_budget: float | None = None):
         if time_budget is not None and not time_budget >= 0:
-            raise ValueError(f"time_budget 应为非负的秒数或 None，实际为 {time_budget!r} / bad time_budget")
+            raise ValueError(f"time_budget 应为非负的秒数或 None，实际为 "
+                             f"{time_budget!r} / bad time_budget")
         self.warmup_steps = max(0, int(warmup_steps))
         self.total_steps = max(1, int(total_steps))
         self.time_budget = None if time_budget is None else float(time_budget)
-        self.elapsed = 0.0          # 最近一次 observe 的已用时间（秒）
-        self._start = None          # (e0, q0)：本进程第一次在预热之后观察到的时刻与进度
-        self._obs = None            # (第一次观察的步数, 时刻, 最近一次观察的步数)：估计每步用时
+        # 最近一次 observe 的已用时间（秒）
+        self.elapsed = 0.0
+        # (e0, q0)：本进程第一次在预热之后观察到的时刻与进度
+        self._start = None
+        # (第一次观察的步数, 时刻, 最近一次观察的步数)：用来估计每步用时
+        self._obs = None
 
     def step_progress(self, step: int) -> float:
-        return min(1.0, max(0.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)))
+        span = max(1, self.total_steps - self.warmup_steps)
+        return min(1.0, max(0.0, (step - self.warmup_steps) / span))
 
     def observe(self, step: int, elapsed: float) -> None:
-        """训练循环每步报告一次：已完成的步数与从训练开始算起的秒数（与时间预算用同一只表）。"""
+        """训练循环每步报告一次：已完成的步数与从训练开始算起的秒数
+        （与时间预算用同一只表）。"""
         self.elapsed = float(elapsed)
-        self._obs = (step, self.elapsed, step) if self._obs is None else (self._obs[0], self._obs[1], step)
-        if self._start is None and step >= self.warmup_steps and self.time_budget is not None:
+        if self._obs is None:
+            self._obs = (step, self.elapsed, step)
+        else:
+            self._obs = (self._obs[0], self._obs[1], step)
+        after_warmup = step >= self.warmup_steps
+        if self._start is None and after_warmup and self.time_budget is not None:
             self._start = (self.elapsed, self.step_progress(step))
 
     def _elapsed_at(self, step: int) -> float:
@@ -117,7 +128,9 @@ class BudgetCosine:
         if self._obs is None:
             return self.elapsed
         first_step, first_elapsed, last_step = self._obs
-        per_step = (self.elapsed - first_elapsed) / (last_step - first_step) if last_step > first_step else 0.0
+        per_step = 0.0
+        if last_step > first_step:
+            per_step = (self.elapsed - first_elapsed) / (last_step - first_step)
         return self.elapsed + max(0, step - last_step) * per_step
 
     def progress(self, step: int) -> float:
@@ -126,7 +139,10 @@ class BudgetCosine:
         if self._start is not None:
             e0, q0 = self._start
             span = self.time_budget - e0
-            q_time = 1.0 if span <= 0 else q0 + (1.0 - q0) * (self._elapsed_at(step) - e0) / span
+            if span <= 0:
+                q_time = 1.0
+            else:
+                q_time = q0 + (1.0 - q0) * (self._elapsed_at(step) - e0) / span
             q = max(q, min(1.0, q_time))
         return q
 

@@ -1,7 +1,5 @@
 """按配置与种子寻址的模型缓存（clipedu.model_cache）：第二次不训练、结果逐位相同、只存安全格式。"""
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,8 +7,7 @@ import torch
 import clipedu.model_cache as mc
 from clipedu.checkpoint import load_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _train_worker import tiny_train_config  # noqa: E402
+from tiny import tiny_train_config
 
 
 @pytest.fixture

@@ -1,16 +1,13 @@
 """学习率日程跟随时间预算（clipedu.optim.BudgetCosine，见第 5 章 sec-time-budget）。"""
 import io
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from clipedu.optim import BudgetCosine, build_scheduler, observe_time, warmup_cosine
-from clipedu.train import train
+from clipedu.trainer import train
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _train_worker import tiny_dataset, tiny_train_config  # noqa: E402
+from tiny import tiny_dataset, tiny_train_config
 
 
 def test_without_budget_equals_warmup_cosine():
