@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
 import clipedu
+from clipedu.benchmarking import device_name, train_shapes_clip, write_section
 from clipedu.data import ShapesDataset
 from clipedu.labs.diffusion import (DiffusionConfig, GaussianDiffusion, clip_to_pixels, generate_and_classify,
                                     pixels_to_clip, train_diffusion)
 from clipedu.labs.unet import TinyUNet, UNetConfig
-from ch2_fusion import device_name, train_shapes_clip, write_section
+
+RESULTS = Path(__file__).parent / "results" / "ch2.md"
 
 
 def main() -> None:
@@ -67,7 +70,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.write:
-        write_section(f"ch2_diffusion_{device.type}", table)
+        write_section(RESULTS, f"ch2_diffusion_{device.type}", table, "第 2 章基准结果")
 
 
 if __name__ == "__main__":

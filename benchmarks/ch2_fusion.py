@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -16,40 +15,14 @@ from pathlib import Path
 import torch
 
 import clipedu
+from clipedu.benchmarking import device_name, write_section
 from clipedu.data.shapes import COLORS, SHAPES
 from clipedu.labs.vqa import PAIRS, ShapesVQADataset
 from clipedu.labs.fusion import FUSION_MODELS, FusionConfig, fit_classifier, num_params, predict, query_cost, vqa_tensors
 from clipedu.tokenizer import ChineseTokenizer
 
 RESULTS = Path(__file__).parent / "results" / "ch2.md"
-
-
-def write_section(name: str, text: str, path: Path = RESULTS) -> None:
-    """把 <!-- name:start --> 与 <!-- name:end --> 之间的内容换成 text（没有就追加）。"""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    body = path.read_text(encoding="utf-8") if path.exists() else "# 第 2 章基准结果\n"
-    block = f"{start}\n{text.strip()}\n{end}"
-    if start in body:
-        body = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, body, flags=re.S)
-    else:
-        body = body.rstrip() + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(body, encoding="utf-8")
-
-
-def train_shapes_clip(steps: int, seed: int, device: torch.device):
-    """在几何图形世界上训练一个 tiny-cpu CLIP（临时目录），返回 (模型, 分词器, 训练秒数)。"""
-    out = tempfile.mkdtemp(prefix="ch2_clip_")
-    t0 = time.perf_counter()
-    clipedu.train(clipedu.TrainConfig(preset="tiny-cpu", steps=steps, out_dir=out, eval_size=300,
-                                      progress=False, device=str(device), seed=seed))
-    seconds = time.perf_counter() - t0
-    model, tok = clipedu.load_model(f"{out}/last.pt", device=device)
-    return model, tok, seconds
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU × {torch.get_num_threads()} 线程"
+CH2_TITLE = "第 2 章基准结果"
 
 
 @torch.no_grad()
@@ -130,7 +103,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.write:
-        write_section(f"ch2_fusion_{device.type}", table)
+        write_section(RESULTS, f"ch2_fusion_{device.type}", table, CH2_TITLE)
 
 
 if __name__ == "__main__":

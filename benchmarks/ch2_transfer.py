@@ -12,39 +12,25 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import statistics
-import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 import clipedu
+from clipedu.benchmarking import cpu_name, train_shapes_clip, write_section
 from clipedu.data import DigitsDataset, ShapesDataset
 from clipedu.labs.transfer import (ATTRIBUTES, METHODS, ImageClassifier, features, few_label_comparison,
                                    linear_probe, shapes_attribute_task)
-from ch2_fusion import write_section
-
 from clipedu.labs.fusion import fit_classifier, predict
+
+RESULTS = Path(__file__).parent / "results" / "ch2.md"
 
 
 def pretrain(steps: int, seed: int, device) -> tuple:
     """与笔记本 02_pretrain_transfer 相同的预训练：tiny-cpu、预热 20 步。返回 (模型, 分词器, 秒数)。"""
-    out = tempfile.mkdtemp(prefix="ch2_transfer_")
-    t0 = time.perf_counter()
-    clipedu.train(clipedu.TrainConfig(preset="tiny-cpu", steps=steps, warmup_steps=20, out_dir=out, eval_size=300,
-                                      progress=False, device=str(device), seed=seed))
-    seconds = time.perf_counter() - t0
-    model, tok = clipedu.load_model(f"{out}/last.pt", device=device)
-    return model, tok, seconds
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+    return train_shapes_clip(steps, seed, device, warmup_steps=20)
 
 
 def mean_std(xs: list[float]) -> str:
@@ -125,7 +111,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.write:
-        write_section("ch2_transfer_cpu", table)
+        write_section(RESULTS, "ch2_transfer_cpu", table, "第 2 章基准结果")
 
 
 if __name__ == "__main__":

@@ -17,11 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.parse
@@ -30,55 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
+from clipedu.benchmarking import cpu_name, rss_mb, write_section
+from clipedu.search.testing import make_gallery, save_random_checkpoint, start_server
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "serve.md"
+SERVE_TITLE = "以文搜图服务的基准结果"
 QUERIES = ["红色的圆形", "一个蓝色的小正方形", "左上方有一个绿色的三角形", "黄色的星形", "紫色的菱形", "白色的十字形"]
-
-
-def write_section(name: str, text: str, path: Path = RESULTS) -> None:
-    """把 <!-- name:start --> 与 <!-- name:end --> 之间的内容换成 text（没有就追加）。"""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    body = path.read_text(encoding="utf-8") if path.exists() else "# 以文搜图服务的基准结果\n"
-    block = f"{start}\n{text.strip()}\n{end}"
-    if start in body:
-        body = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, body, flags=re.S)
-    else:
-        body = body.rstrip() + "\n\n" + block + "\n"
-    path.write_text(body, encoding="utf-8")
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
-def make_gallery(folder: Path, n: int, seed: int = 11) -> None:
-    """几何图形世界的 n 张 32 px PNG，分在 10 个子文件夹里。"""
-    from PIL import Image
-
-    from clipedu.data.shapes import ShapesDataset
-
-    ds = ShapesDataset("test", size=n, seed=seed, max_objects=2)
-    for i in range(n):
-        path = folder / f"part{i % 10}" / f"{i:05d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(ds.raw(i)).save(path)
-
-
-def random_checkpoint(path: Path) -> Path:
-    import torch
-
-    import clipedu
-    from clipedu.checkpoint import FORMAT, VERSION
-
-    torch.manual_seed(0)
-    model = clipedu.create_model("tiny-cpu")
-    tok = clipedu.ChineseTokenizer(context_length=model.context_length)
-    clipedu.save_checkpoint({"format": FORMAT, "version": VERSION, "model": model.state_dict(),
-                             "tokenizer": tok.state_dict(), "config": model.config.to_dict()}, path)
-    return path
 
 
 def percentiles(ms: list[float]) -> tuple[float, float]:
@@ -99,34 +53,6 @@ def in_process(encoder, index, n_queries: int) -> dict:
         total.append(1000 * (t2 - t0))
         scan.append(1000 * (t2 - t1))
     return {"p50": percentiles(total)[0], "p99": percentiles(total)[1], "scan_p50": percentiles(scan)[0]}
-
-
-def start_server(index_dir: Path, checkpoint: Path, backend: str, threads: int) -> tuple[subprocess.Popen, str, float]:
-    """起一个服务子进程，等到 /health 可用，返回 (进程, 地址, 启动秒数)。"""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "clipedu", "serve", "--index", str(index_dir), "--checkpoint",
-                             str(checkpoint), "--backend", backend, "--port", str(port), "--threads", str(threads)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    while True:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=5).read()
-            return proc, url, time.perf_counter() - t0
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(proc.stderr.read().decode())
-            time.sleep(0.05)
-
-
-def rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) / 1024
 
 
 def over_http(url: str, n_queries: int) -> dict:
@@ -199,7 +125,10 @@ def main(argv=None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     try:
-        ckpt = Path(args.checkpoint) if args.checkpoint else random_checkpoint(work / "tiny.pt")
+        if args.checkpoint:
+            ckpt = Path(args.checkpoint)
+        else:
+            ckpt = save_random_checkpoint(work / "tiny.pt")
         images = work / "images"
         if not images.is_dir():
             make_gallery(images, args.images)
@@ -253,7 +182,7 @@ def main(argv=None) -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        write_section("serve_latency", text)
+        write_section(RESULTS, "serve_latency", text, SERVE_TITLE)
 
 
 if __name__ == "__main__":

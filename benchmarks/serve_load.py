@@ -17,8 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_latency import cpu_name, make_gallery, random_checkpoint, rss_mb, start_server, write_section  # noqa: E402
+from clipedu.benchmarking import cpu_name, rss_mb, write_section
+from clipedu.search.testing import make_gallery, save_random_checkpoint, start_server
+
+RESULTS = Path(__file__).resolve().parent / "results" / "serve.md"
+TITLE = "以文搜图服务的基准结果"
 
 
 def main(argv=None) -> None:
@@ -43,7 +46,7 @@ def main(argv=None) -> None:
     try:
         ckpt = work / "tiny.pt"
         if not ckpt.is_file():
-            random_checkpoint(ckpt)
+            save_random_checkpoint(ckpt)
         if not (work / "images").is_dir():
             make_gallery(work / "images", args.images)
         build_index(load_encoder(ckpt), work / "images", work / "idx", progress=False, log=lambda *a: None)
@@ -88,7 +91,7 @@ def main(argv=None) -> None:
     if result.unexpected:
         print("意外的响应：", result.unexpected[:10], file=sys.stderr)
     if not args.no_write:
-        write_section(f"serve_load_{args.backend}", text)
+        write_section(RESULTS, f"serve_load_{args.backend}", text, TITLE)
     raise SystemExit(1 if result.unexpected else 0)
 
 

@@ -18,7 +18,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # 子进程：tiny-cpu、批 128、截掉 [PAD] 尾部列，与训练时的一步相同（前向、损失、反向、AdamW）
 CHILD = r"""
@@ -69,7 +68,7 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=2, help="交替轮数，取中位数")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    from _machine import machine_info
+    from clipedu.benchmarking import machine_info
 
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
     try:

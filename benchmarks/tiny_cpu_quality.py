@@ -23,11 +23,9 @@ from pathlib import Path
 import clipedu  # noqa: F401  先于 torch：OpenMP 线程空闲时让出 CPU
 import torch
 
+from clipedu.benchmarking import machine_info
 from clipedu.config import TrainConfig
 from clipedu.trainer import train
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine_info  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOALS = {60.0: 0.90, 120.0: 0.97}   # issue 16：预算（秒）→ 留出组合 top-1 目标

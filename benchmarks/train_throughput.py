@@ -20,17 +20,14 @@ import argparse
 import contextlib
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import clipedu  # 先于 torch：OpenMP 线程空闲时让出 CPU
 import torch
 
+from clipedu.benchmarking import (machine_info, matmul_gflops_per_cpu_s,
+                                  matmul_peak_gflops)
 from clipedu.loss import clip_loss
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine_info, matmul_gflops_per_cpu_s, matmul_peak_gflops  # noqa: E402
 
 # 稠密 bf16 峰值算力（TFLOPS），用于 MFU；fp32 在 CUDA 上按 TF32 峰值（约一半）计
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.0}

@@ -2,28 +2,14 @@
 from __future__ import annotations
 
 import io
-import os
-import socket
 import threading
 import time
 from pathlib import Path
 
 from PIL import Image
 
-
-def save_random_checkpoint(path: Path, preset_or_config="tiny-cpu", seed: int = 0) -> Path:
-    """随机初始化的 clipedu 检查点（格式与 train 写出的一致，只是没有训练状态）。"""
-    import torch
-
-    import clipedu
-    from clipedu.checkpoint import FORMAT, VERSION
-
-    torch.manual_seed(seed)
-    model = clipedu.create_model(preset_or_config)
-    tok = clipedu.ChineseTokenizer(context_length=model.context_length)
-    clipedu.save_checkpoint({"format": FORMAT, "version": VERSION, "model": model.state_dict(),
-                             "tokenizer": tok.state_dict(), "config": model.config.to_dict()}, path)
-    return path
+from clipedu.benchmarking import rss_mb  # noqa: F401  测试从这里导入
+from clipedu.search.testing import free_port, save_random_checkpoint  # noqa: F401
 
 
 def write_shapes_gallery(folder: Path, n: int, seed: int = 7, split: str = "test", subfolders: int = 4) -> list[tuple]:
@@ -59,12 +45,6 @@ def write_bad_files(folder: Path) -> dict[str, str]:
     return {"not_an_image.jpg": "not_image", "truncated.png": "truncated", "bomb.png": "too_large"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class ThreadServer:
     """在本进程的后台线程里用 uvicorn 运行 Starlette 应用（只绑 127.0.0.1）。"""
 
@@ -89,9 +69,3 @@ class ThreadServer:
     def __exit__(self, *exc):
         self.server.should_exit = True
         self.thread.join(timeout=10)
-
-
-def rss_mb(pid: int | None = None) -> float:
-    """进程的常驻内存（MB），读 /proc。"""
-    status = Path(f"/proc/{pid or os.getpid()}/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) / 1024
