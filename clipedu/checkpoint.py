@@ -209,7 +209,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         # weights_only 模式拒绝任何非白名单的全局对象：这正是恶意 __reduce__ 载荷的样子
         raise ValueError(f"拒绝加载检查点 {path}：{describe_unsafe_pickle(e)}"
                          " / refused unsafe checkpoint") from None
-    except Exception as e:  # noqa: BLE001  截断/乱码文件会从 zip、pickle 各层抛出各种异常
+    # 截断/乱码文件会从 zip、pickle 各层抛出各种异常
+    except Exception as e:  # noqa: BLE001
         raise ValueError(
             f"检查点 {path} 已损坏或被截断（{type(e).__name__}: {str(e)[:120]}）；"
             f"请改用上一个检查点（ckpt_step*.pt）/ corrupt or truncated checkpoint"

@@ -183,8 +183,10 @@ def config_from_args(args: argparse.Namespace):
     """命令行里给出的项覆盖 TrainConfig 的默认值。"""
     from .config import TrainConfig
 
-    overrides = {k: v for k, v in vars(args).items() if k not in {"func", "command", "overwrite"}}
-    overrides.setdefault("out_dir", f"runs/{overrides.get('preset', TrainConfig.preset)}")
+    not_config = {"func", "command", "overwrite"}
+    overrides = {k: v for k, v in vars(args).items() if k not in not_config}
+    preset = overrides.get("preset", TrainConfig.preset)
+    overrides.setdefault("out_dir", f"runs/{preset}")
     return TrainConfig(**overrides)
 
 

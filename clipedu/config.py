@@ -46,14 +46,19 @@ class CLIPConfig:
     embed_dim: int = 128                                     # 共享嵌入空间的维度
     vision: VisionConfig = field(default_factory=VisionConfig)  # 图像塔
     text: TextConfig = field(default_factory=TextConfig)        # 文本塔
-    quick_gelu: bool = False                                 # OpenAI 原版权重用 QuickGELU；新训练用 GELU
-    init_logit_scale: float = math.log(1 / 0.07)             # logit_scale 初值 ln(1/τ)，τ=0.07
-    max_logit_scale: float = math.log(100.0)                 # 每步优化后把 logit_scale 截断到 [0, ln 100]
+    # OpenAI 原版权重用 QuickGELU；新训练用 GELU
+    quick_gelu: bool = False
+    # 对数逆温度 logit_scale = ln(1/τ) 的初值：τ = 0.07
+    init_logit_scale: float = math.log(1 / 0.07)
+    # 每步优化后把 logit_scale 截断到 [0, ln 100]，即 1/τ ≤ 100
+    max_logit_scale: float = math.log(100.0)
 
     def to_dict(self) -> dict:
         """纯 Python 数据，可写进检查点（weights_only=True 可读）与 JSON。"""
         d = asdict(self)
-        d["vision"]["layers"] = list(d["vision"]["layers"]) if isinstance(d["vision"]["layers"], (list, tuple)) else d["vision"]["layers"]
+        layers = d["vision"]["layers"]
+        if isinstance(layers, (list, tuple)):  # ResNet 各阶段的层数：JSON 里是列表
+            d["vision"]["layers"] = list(layers)
         return d
 
     @classmethod
@@ -64,7 +69,8 @@ class CLIPConfig:
         known_v = {f.name for f in fields(VisionConfig)}
         known_t = {f.name for f in fields(TextConfig)}
         known_c = {f.name for f in fields(cls)} - {"vision", "text"}
-        unknown = (set(v) - known_v) | (set(d["text"]) - known_t) | (set(d) - known_c - {"vision", "text"})
+        unknown = ((set(v) - known_v) | (set(d["text"]) - known_t)
+                   | (set(d) - known_c - {"vision", "text"}))
         if unknown:
             raise ValueError(f"配置中有未知字段：{sorted(unknown)}")
         return cls(
