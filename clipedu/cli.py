@@ -103,24 +103,19 @@ def _regular_file(text: str) -> str:
 _regular_file.__name__ = "file"
 
 
-def _nonneg_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"应为 ≥ 0 的整数，实际为 {text!r}")
-    return value
+def _int_at_least(low: int, what: str):
+    """argparse 的 type：不小于 low 的整数；出错时 argparse 把说明印成一行。"""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"应为{what}，实际为 {text!r}")
+        return value
+    parse.__name__ = "int"  # argparse 的报错里显示 “invalid int value”
+    return parse
 
 
-_nonneg_int.__name__ = "int"
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"应为正整数，实际为 {text!r}")
-    return value
-
-
-_positive_int.__name__ = "int"
+_nonneg_int = _int_at_least(0, " ≥ 0 的整数")
+_positive_int = _int_at_least(1, "正整数")
 
 
 def _add_train_parser(sub) -> None:

@@ -26,7 +26,7 @@ import torch
 from torchvision import transforms as T
 
 from .config import CLIPConfig, TextConfig, VisionConfig
-from .data.transforms import CLIP_MEAN, CLIP_STD, _convert_to_rgb
+from .data.transforms import CLIP_MEAN, CLIP_STD, convert_to_rgb
 
 CONTEXT_LENGTH = 52          # Chinese-CLIP 所有发布模型的文本长度
 HEAD_WIDTH = 64              # 每个注意力头的宽度（OpenAI 与 BERT 的惯例）
@@ -184,7 +184,7 @@ def cnclip_transform(image_size: int) -> T.Compose:
     → RGB → 张量 → CLIP 均值方差。"""
     return T.Compose([
         T.Resize((image_size, image_size), interpolation=T.InterpolationMode.BICUBIC),
-        _convert_to_rgb,
+        convert_to_rgb,
         T.ToTensor(),
         T.Normalize(CLIP_MEAN, CLIP_STD),
     ])

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .shapes import _as_index
+from .shapes import as_index
 from .transforms import normalize_uint8
 
 HANZI_DIGITS = "零一二三四五六七八九"
@@ -89,7 +89,7 @@ class DigitsDataset(torch.utils.data.Dataset):
         return TEMPLATES[self._template[i]].format(d=d, h=HANZI_DIGITS[d])
 
     def __getitem__(self, i):
-        i = _as_index(i, len(self))
+        i = as_index(i, len(self))
         img = self.images[i]
         image = normalize_uint8(img) if self.transform is None else self.transform(Image.fromarray(img))
         return image, self.caption(i), int(self.labels[i])

@@ -172,7 +172,7 @@ class ShapesDataset(torch.utils.data.Dataset):
         return self._cache[chunk]
 
     def _index(self, i) -> int:
-        return _as_index(i, self.size)
+        return as_index(i, self.size)
 
     def _item(self, i) -> tuple[np.ndarray, list[tuple], str, int]:
         """第 i 个样本的 (uint8 图, 物体列表, 标题, 类别)，只查一次缓存。"""
@@ -217,7 +217,7 @@ class ShapesDataset(torch.utils.data.Dataset):
                 f"seed={self.seed}, max_objects={self.max_objects})")
 
 
-def _as_index(i, size: int) -> int:
+def as_index(i, size: int) -> int:
     """把下标规整到 [0, size)：接受 Python/numpy 整数与 0 维整数张量（采样器可能给出任一种），
     支持负下标；其余类型或越界都报错。"""
     try:

@@ -20,7 +20,7 @@ def _check_size(image_size) -> int:
     return image_size
 
 
-def _convert_to_rgb(image):
+def convert_to_rgb(image):
     """灰度图、RGBA 图一律转成 3 通道 RGB，模型只接受 3 通道输入。"""
     return image.convert("RGB")
 
@@ -30,7 +30,7 @@ def train_transform(image_size: int) -> T.Compose:
     size = _check_size(image_size)
     return T.Compose([
         T.RandomResizedCrop(size, scale=(0.9, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-        _convert_to_rgb,
+        convert_to_rgb,
         T.ToTensor(),
         T.Normalize(CLIP_MEAN, CLIP_STD),
     ])
@@ -42,7 +42,7 @@ def eval_transform(image_size: int) -> T.Compose:
     return T.Compose([
         T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
         T.CenterCrop(size),
-        _convert_to_rgb,
+        convert_to_rgb,
         T.ToTensor(),
         T.Normalize(CLIP_MEAN, CLIP_STD),
     ])

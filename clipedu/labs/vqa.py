@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from ..data.render import render_batch
-from ..data.shapes import CHUNK, COLORS, SHAPES, _as_index, sample_colors, sample_layout
+from ..data.shapes import CHUNK, COLORS, SHAPES, as_index, sample_colors, sample_layout
 from ..data.transforms import normalize_uint8
 
 ANSWERS = ["是", "否"] + list(COLORS) + list(SHAPES)
@@ -131,7 +131,7 @@ class ShapesVQADataset(torch.utils.data.Dataset):
         return self._cache[chunk]
 
     def _index(self, i) -> int:
-        return _as_index(i, self.size)
+        return as_index(i, self.size)
 
     def raw(self, i: int) -> np.ndarray:
         """第 i 张图的 uint8 数组 [H, W, 3]。"""
