@@ -24,6 +24,8 @@ from typing import Iterable, Sequence
 
 import torch
 
+from .tokenizer import check_context_length
+
 DEFAULT_CONTEXT_LENGTH = 52  # Chinese-CLIP 所有发布模型的文本长度
 MAX_CHARS_PER_WORD = 200      # 比这更长的“词”（如一长串无空格的字母）直接记作 [UNK]
 
@@ -189,10 +191,7 @@ class BertChineseTokenizer:
 
     @staticmethod
     def _check_context_length(context_length: int) -> int:
-        if not isinstance(context_length, int) or context_length < 2:
-            raise ValueError(f"context_length 应为 ≥ 2 的整数（放得下 [CLS] 与 "
-                             f"[SEP]），实际为 {context_length!r}")
-        return context_length
+        return check_context_length(context_length, "[CLS]", "[SEP]")
 
     def tokenize(self, text: str) -> list[str]:
         """文本 → 词元字符串列表（不含 [CLS]/[SEP]）。"""

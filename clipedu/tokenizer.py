@@ -50,6 +50,14 @@ VOCAB_SIZE = len(VOCAB)
 DEFAULT_CONTEXT_LENGTH = 32
 
 
+def check_context_length(context_length: int, first: str, last: str) -> int:
+    """两种分词器共用：序列至少放得下首尾两个特殊词元 first 与 last。"""
+    if not isinstance(context_length, int) or context_length < 2:
+        raise ValueError(f"context_length 至少为 2（需要容纳 {first} 和 {last}），"
+                         f"实际为 {context_length!r}")
+    return context_length
+
+
 class ChineseTokenizer:
     """字符级中文分词器：``tok(texts) -> LongTensor[B, L]``。
 
@@ -73,11 +81,7 @@ class ChineseTokenizer:
 
     @staticmethod
     def _check_context_length(context_length: int) -> int:
-        if not isinstance(context_length, int) or context_length < 2:
-            raise ValueError(
-                f"context_length 至少为 2（需要容纳 [SOS] 和 [EOS]），实际为 {context_length!r}"
-            )
-        return context_length
+        return check_context_length(context_length, "[SOS]", "[EOS]")
 
     @staticmethod
     def normalize(text: str) -> str:
