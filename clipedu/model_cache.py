@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -67,15 +68,34 @@ def train_cached(cfg: TrainConfig, train_dataset=None, data_key: Optional[str] =
         raise ValueError("续训（resume）与 init_from 依赖外部文件，不能按配置缓存；请直接用 clipedu.train / "
                          "cannot cache resumed or initialised runs")
     entry = cache_dir() / cache_key(cfg, data_key)
-    if (entry / "meta.json").is_file():
-        history = _restore(entry, Path(cfg.out_dir))
-        print(f"[clipedu] 从模型缓存还原（{len(history)} 步，键 {entry.name}）：{entry}")
-        return history
-    history = train(cfg, train_dataset)
-    metrics = json.loads((Path(cfg.out_dir) / "metrics.json").read_text(encoding="utf-8"))
-    if metrics.get("stopped_by") == "steps":
-        _store(entry, Path(cfg.out_dir), history)
+    # 同一个键同时只有一个进程在训练：并行执行的两个笔记本要同一个模型时，后到的等前一个训完，再从缓存还原
+    with _entry_lock(entry):
+        if (entry / "meta.json").is_file():
+            history = _restore(entry, Path(cfg.out_dir))
+            print(f"[clipedu] 从模型缓存还原（{len(history)} 步，键 {entry.name}）：{entry}")
+            return history
+        history = train(cfg, train_dataset)
+        metrics = json.loads((Path(cfg.out_dir) / "metrics.json").read_text(encoding="utf-8"))
+        if metrics.get("stopped_by") == "steps":
+            _store(entry, Path(cfg.out_dir), history)
     return history
+
+
+@contextlib.contextmanager
+def _entry_lock(entry: Path):
+    """缓存条目旁的锁文件（``<键>.lock``，fcntl.flock）：持锁进程退出或被杀时内核自动释放，不会留下死锁。"""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows：没有 flock，不加锁（最坏情况是同一个模型训练两次）
+        yield
+        return
+    with open(entry.parent / f"{entry.name}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _store(entry: Path, out_dir: Path, history: list[dict]) -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from .benchmarking import usable_cpus
+
 from .seeding import seed_everything
 
 # 按优先级排列：mplfonts 自带的 Noto Sans CJK SC 最先，其余是常见系统字体的家族名。
@@ -108,16 +110,12 @@ def figure_style() -> None:
     })
 
 
-def usable_cpus() -> int:
-    """本进程能用的 CPU 核数：按 CPU 亲和性（容器、taskset 限制后的真实数目），而不是整机核数。"""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # macOS、Windows 没有 sched_getaffinity
-        return os.cpu_count() or 1
-
-
 def default_threads() -> int:
-    """笔记本的 CPU 线程数：``min(2, 可用核数)``，即书中默认“在 2 核上能跑完”。"""
+    """笔记本的 CPU 线程数：用户设了 ``OMP_NUM_THREADS`` 就照办（例如 CI 里两个笔记本并行、各用 1 个线程），
+    否则 ``min(2, 可用核数)``，即书中默认“在 2 核上能跑完”。"""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
     return min(2, usable_cpus())
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # README 命令 2（也是 .ci/run 运行的内容）：安装一切，然后运行全部测试。
 #   1. WITH_BROWSER=1 scripts/setup.sh（Python 依赖、npm 前端依赖；root + Debian 时 apt 安装 chromium 和中文字体）
-#   2. 单元测试：pytest tests/ --ignore=tests/browser
+#   2. 单元测试：pytest tests/ --ignore=tests/browser -n 2（两个进程并行）
 #   3. 构建书：scripts/build_book.sh（其中 nbmake 把每个笔记本恰好执行一次，再 -W -n 严格构建）
 #   4. 学生版：EDITION=student REUSE_EXECUTED=1 scripts/build_book.sh（复用第 3 步执行过的笔记本，只删解答、再构建一次）
 #   5. 浏览器测试：pytest tests/browser（Chromium 打开每一章，截图在 _build/screenshots/；学生版里没有解答）
@@ -44,7 +44,12 @@ run_pytest() {
 }
 
 step "安装 (setup.sh)" env WITH_BROWSER=1 bash scripts/setup.sh
-step "单元测试" run_pytest tests/ --ignore=tests/browser -q -p no:cacheprovider --durations=15
+# 两个进程并行、各用 1 个线程（pytest-xdist）：测试里多是小模型，2 核上比一个进程开两个线程快
+unit_tests() {
+    OMP_NUM_THREADS=1 run_pytest tests/ --ignore=tests/browser -q -p no:cacheprovider --durations=15 \
+        -n 2 --dist worksteal
+}
+step "单元测试" unit_tests
 step "构建书 (含 nbmake)" env SKIP_SETUP=1 bash scripts/build_book.sh
 step "构建学生版 (复用笔记本)" env SKIP_SETUP=1 EDITION=student REUSE_EXECUTED=1 bash scripts/build_book.sh
 step "浏览器测试" run_pytest tests/browser -q -p no:cacheprovider

@@ -1,5 +1,9 @@
-"""按配置与种子寻址的模型缓存（clipedu.model_cache）：第二次不训练、结果逐位相同、只存安全格式。"""
+"""按配置与种子寻址的模型缓存（clipedu.model_cache）：第二次不训练、结果逐位相同、只存安全格式、并行时只训练一次。"""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,7 +59,7 @@ def test_second_call_restores_without_training(tmp_path, cache, monkeypatch):
 
 def test_time_budget_stops_are_not_cached(tmp_path, cache):
     mc.train_cached(_cfg(tmp_path / "run", steps=100_000, time_budget=0.5, eval_size=0))
-    assert not cache.exists() or not any(cache.iterdir())
+    assert not cache.exists() or not [p for p in cache.iterdir() if p.is_dir()]
 
 
 def test_clear_errors_for_uncacheable_runs(tmp_path, cache):
@@ -65,3 +69,26 @@ def test_clear_errors_for_uncacheable_runs(tmp_path, cache):
         mc.train_cached(_cfg(tmp_path / "r", resume="latest"))
     with pytest.raises(TypeError, match="TrainConfig"):
         mc.train_cached({"steps": 3})
+
+
+_TWO_PROCS = """
+import sys, clipedu.model_cache as mc
+sys.path.insert(0, sys.argv[2])
+from tiny import tiny_train_config
+mc.train_cached(tiny_train_config(sys.argv[1], steps=6, batch_size=8, eval_size=0))
+"""
+
+
+@pytest.mark.slow
+def test_parallel_callers_train_once(tmp_path, cache):
+    """两个进程同时要同一个模型（CI 里并行执行的两个笔记本）：一个训练，另一个等它训完再从缓存还原。"""
+    env = {**os.environ, mc.CACHE_ENV: str(cache), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    tests_dir = str(Path(__file__).parent)
+    procs = [subprocess.Popen([sys.executable, "-c", _TWO_PROCS, str(tmp_path / f"run{i}"), tests_dir], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert sum("从模型缓存还原" in out for out in outs) == 1, outs
+    logs = [(tmp_path / f"run{i}" / "log.jsonl").read_text(encoding="utf-8") for i in range(2)]
+    assert logs[0] == logs[1]

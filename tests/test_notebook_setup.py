@@ -102,11 +102,17 @@ def test_fallback_to_system_font_and_clear_error(monkeypatch):
 
 
 def test_default_threads_follow_cpu_affinity(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(notebook.os, "sched_getaffinity", lambda pid: {0}, raising=False)
     assert notebook.usable_cpus() == 1 and notebook.default_threads() == 1
     clipedu.setup_notebook(quiet=True)
     assert torch.get_num_threads() == 1
     monkeypatch.setattr(notebook.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert notebook.default_threads() == 2
+    # 用户（或 CI 里并行执行笔记本时）设的 OMP_NUM_THREADS 优先；无效值不理会
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert notebook.default_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "abc")
     assert notebook.default_threads() == 2
 
 

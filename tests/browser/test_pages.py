@@ -1,75 +1,68 @@
-"""在真实浏览器里检查每一章：中文排版、MathJax、mermaid、离线、无控制台错误，并截图。
+"""在真实浏览器里检查每一章，读者看到的样子（issue 17）。
 
-由 scripts/test.sh 在构建完书之后运行；页面列表来自 _toc.yml，所以新章节自动纳入检查。
+每页只打开两次：1280 px 的笔记本电脑和 390 px 的手机；深色模式与读者点主题按钮一样在同一页里切换。
+- 1280 px：中文排版不是豆腐块；MathJax 排版了每个公式；每个 mermaid 块都画成了 SVG；没有请求离开本机，
+  没有控制台错误和 404；没有哪个代码块或输出块要横向滚动（scrollWidth <= clientWidth），没有元素比页面宽。
+- 390 px：页面本身不横向滚动；公式与表格在自己的框里滚动；图片缩到屏幕以内。
+- 截图存到 _build/screenshots/layout/：两种宽度 × 浅色/深色，整页。
+页面列表来自 _toc.yml，所以新章节自动纳入检查。
 """
 from __future__ import annotations
 
 import re
-from urllib.parse import urlparse
 
 import pytest
 
-from pages import HTML_DIR, LOCAL_HOSTS, SCREENSHOT_DIR, toc_files
+from page_checks import (BOXED_JS, ESCAPING_JS, EXPAND_ALL_JS, MERMAID_JS, SETTLE_JS, TOFU_JS, VISIBLE_TEXT_JS,
+                         WIDE_BLOCKS_JS, open_guarded, set_dark)
+from pages import HTML_DIR, SCREENSHOT_DIR, toc_files
 
 PAGES = toc_files()
-
-# 页面里真正显示给读者的文字（去掉代码块、脚本和已排版的公式）
-VISIBLE_TEXT_JS = """() => {
-  const root = document.querySelector('article.bd-article') || document.body;
-  const clone = root.cloneNode(true);
-  clone.querySelectorAll('pre, code, script, style, mjx-container, .mermaid, .highlight').forEach(e => e.remove());
-  return clone.textContent;
-}"""
-
-# 用页面正文字体在画布上画字：两个不同汉字若画出完全相同的像素，说明都落成了“豆腐块”
-TOFU_JS = """(selector) => {
-  const el = document.querySelector(selector);
-  const font = getComputedStyle(el).fontSize + ' ' + getComputedStyle(el).fontFamily;
-  const draw = (ch) => {
-    const c = document.createElement('canvas'); c.width = 64; c.height = 64;
-    const g = c.getContext('2d'); g.font = font.replace(/^[0-9.]+px/, '40px');
-    g.fillStyle = '#000'; g.textBaseline = 'top'; g.fillText(ch, 4, 4);
-    return Array.from(g.getImageData(0, 0, 64, 64).data).join(',');
-  };
-  const a = draw('模'), b = draw('态'), tofu = draw('\\uFFFF');
-  return {font, distinct: a !== b, notTofu: a !== tofu && b !== tofu, inked: a.split(',').some(v => v !== '0')};
-}"""
-
-EXPAND_ALL_JS = """() => {
-  document.querySelectorAll('details').forEach(d => d.open = true);
-  document.querySelectorAll('.toggle-hidden').forEach(e => e.classList.remove('toggle-hidden'));
-  document.querySelectorAll('button.toggle-button').forEach(b => b.click());
-}"""
-
-MERMAID_JS = """() => Array.from(document.querySelectorAll('.mermaid')).map(e => !!e.querySelector('svg'))"""
+DESKTOP, PHONE = 1280, 390
+SHOTS = SCREENSHOT_DIR / "layout"
 
 
-def _url_is_local(url: str) -> bool:
-    parsed = urlparse(url)
-    return parsed.scheme in {"data", "blob", "about"} or parsed.hostname in LOCAL_HOSTS
+def _shot(page, doc, width, mode):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{doc.replace('/', '__')}__{width}_{mode}.png"), full_page=True)
 
 
-@pytest.fixture
-def page_report(browser, site):
-    """打开一个新页面，记录外部请求、控制台错误和失败的本地请求。"""
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN")
-    report = {"external": [], "console": [], "failed": []}
+def _check_rendered(page, doc) -> list[str]:
+    """中文、公式与 mermaid 都排版出来了；返回发现的问题。"""
+    problems = []
+    h1 = page.locator("article h1").first
+    title = h1.inner_text()
+    if not re.search(r"[\u4e00-\u9fff]", title):
+        problems.append(f"标题里没有中文：{title!r}")
+    box = h1.bounding_box()
+    if not (box and box["width"] > 20 and box["height"] > 10):
+        problems.append(f"标题没有排版出来：{box}")
+    glyphs = page.evaluate(TOFU_JS, "article h1")
+    if not (glyphs["inked"] and glyphs["distinct"] and glyphs["notTofu"]):
+        problems.append(f"中文显示为豆腐块（字体 {glyphs['font']}）")
+    n_math = page.locator(".math").count()
+    n_mjx = page.locator("mjx-container").count()
+    if n_mjx < n_math:
+        problems.append(f"{n_math} 个公式只排版了 {n_mjx} 个")
+    if page.locator("mjx-merror").count():
+        problems.append("MathJax 报告了 TeX 错误")
+    text = page.evaluate(VISIBLE_TEXT_JS)
+    problems += [f"正文里留有未排版的 {raw!r}" for raw in ("$$", "\\(", "\\[", "\\begin{") if raw in text]
+    return problems
 
-    def guard(route):
-        if _url_is_local(route.request.url):
-            route.continue_()
-        else:
-            report["external"].append(route.request.url)
-            route.abort()
 
-    context.route("**/*", guard)
-    page = context.new_page()
-    page.on("console", lambda m: m.type == "error" and report["console"].append(m.text))
-    page.on("pageerror", lambda e: report["console"].append(f"pageerror: {e}"))
-    page.on("response", lambda r: r.status >= 400 and report["failed"].append(f"{r.status} {r.url}"))
-    page.on("requestfailed", lambda r: _url_is_local(r.url) and report["failed"].append(f"failed {r.url}"))
-    yield page, report
-    context.close()
+def _check_mermaid_in_solutions(page) -> list[str]:
+    """折叠在答案里的 mermaid 也要画出来：全部展开，逐个滚到视野内触发渲染。"""
+    if not page.locator(".mermaid").count():
+        return []
+    page.evaluate(EXPAND_ALL_JS)
+    for el in page.locator(".mermaid").all():
+        el.scroll_into_view_if_needed()
+    try:
+        page.wait_for_function(f"() => ({MERMAID_JS})().every(Boolean)", timeout=30_000)
+    except Exception:  # noqa: BLE001 - 超时就报告哪些没画出来
+        return [f"mermaid 没有画成 SVG：{page.evaluate(MERMAID_JS)}"]
+    return []
 
 
 def test_toc_pages_were_built():
@@ -79,54 +72,83 @@ def test_toc_pages_were_built():
 
 
 @pytest.mark.parametrize("doc", PAGES)
-def test_page_renders_offline(doc, page_report, site):
-    page, report = page_report
-    page.goto(f"{site.url}/{doc}.html", wait_until="load")
-    page.wait_for_load_state("networkidle")
-
-    # 1. 中文已排版：标题有中文且占据了面积，且字形不是豆腐块
-    h1 = page.locator("article h1").first
-    title = h1.inner_text()
-    assert re.search(r"[\u4e00-\u9fff]", title), f"{doc}: 标题里没有中文：{title!r}"
-    box = h1.bounding_box()
-    assert box and box["width"] > 20 and box["height"] > 10, f"{doc}: 标题没有排版出来：{box}"
-    glyphs = page.evaluate(TOFU_JS, "article h1")
-    assert glyphs["inked"] and glyphs["distinct"] and glyphs["notTofu"], f"{doc}: 中文显示为豆腐块（字体 {glyphs['font']}）"
-
-    # 2. MathJax 排版了每个公式，没有留下原始的 $$ 或 \( \[
-    n_math = page.locator(".math").count()
-    if n_math:
-        page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=30_000)
-        page.evaluate("() => MathJax.startup.promise")
-        n_mjx = page.locator("mjx-container").count()
-        assert n_mjx >= n_math, f"{doc}: {n_math} 个公式只排版了 {n_mjx} 个"
-        assert page.locator("mjx-merror").count() == 0, f"{doc}: MathJax 报告了 TeX 错误"
-    text = page.evaluate(VISIBLE_TEXT_JS)
-    for raw in ("$$", "\\(", "\\[", "\\begin{"):
-        assert raw not in text, f"{doc}: 正文里留有未排版的 {raw!r}"
-
-    # 3. 截图（展开答案之前，和读者第一次看到的一样）
-    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT_DIR / f"{doc.replace('/', '__')}.png"), full_page=True)
-
-    # 4. 每个 mermaid 块都变成了 SVG（包括折叠在答案里的：先全部展开，再逐个滚动到视野内触发渲染）
-    if page.locator(".mermaid").count():
-        page.evaluate(EXPAND_ALL_JS)
-        for el in page.locator(".mermaid").all():
-            el.scroll_into_view_if_needed()
-        page.wait_for_function(f"() => ({MERMAID_JS})().every(Boolean)", timeout=30_000)
-
-    # 5. 没有请求离开本机，没有控制台错误，没有 404
-    assert not report["external"], f"{doc}: 页面请求了外部主机：{report['external']}"
-    assert not report["console"], f"{doc}: 控制台错误：{report['console']}"
-    assert not report["failed"], f"{doc}: 本地资源加载失败：{report['failed']}"
+def test_page_desktop(doc, browser, site):
+    """1280 px：排版、离线、代码不横向滚动；浅色与深色整页截图。"""
+    context, page, report = open_guarded(browser, DESKTOP)
+    try:
+        page.goto(f"{site.url}/{doc}.html", wait_until="load")
+        page.evaluate(SETTLE_JS)
+        problems = _check_rendered(page, doc)
+        _shot(page, doc, DESKTOP, "light")   # 展开答案之前，和读者第一次看到的一样
+        wide = page.evaluate(WIDE_BLOCKS_JS)
+        if wide:
+            problems.append("这些代码/输出块要横向滚动：\n  " + "\n  ".join(wide))
+        esc = page.evaluate(ESCAPING_JS)
+        if esc["scroll"] > esc["vw"] or esc["out"]:
+            problems.append(f"有元素比页面宽：{esc}")
+        set_dark(page, True)
+        _shot(page, doc, DESKTOP, "dark")
+        set_dark(page, False)
+        problems += _check_mermaid_in_solutions(page)
+        page.wait_for_load_state("networkidle")
+        problems += [f"{k}: {v}" for k, v in (("页面请求了外部主机", report["external"]),
+                                               ("控制台错误", report["console"]),
+                                               ("本地资源加载失败", report["failed"])) if v]
+        assert not problems, f"{doc}（1280 px）：\n" + "\n".join(problems)
+    finally:
+        context.close()
 
 
-def test_chinese_search_finds_glossary(page_report, site):
+@pytest.mark.parametrize("doc", PAGES)
+def test_page_phone(doc, browser, site):
+    """390 px：页面不横向滚动，宽公式与宽表格在自己的框里滚动，图片缩到屏幕以内；浅色与深色截图。"""
+    context, page, report = open_guarded(browser, PHONE)
+    try:
+        page.goto(f"{site.url}/{doc}.html", wait_until="load")
+        page.evaluate(SETTLE_JS)
+        _shot(page, doc, PHONE, "light")
+        esc = page.evaluate(ESCAPING_JS)
+        assert esc["scroll"] <= esc["vw"], f"{doc}: 390 px 下整页横向滚动：{esc}"
+        assert not esc["out"], f"{doc}: 390 px 下有元素超出页面：{esc['out']}"
+        bad = page.evaluate(BOXED_JS)
+        assert not bad, f"{doc}: 390 px 下：{bad}"
+        set_dark(page, True)
+        _shot(page, doc, PHONE, "dark")
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("doc", [PAGES[0], "notebooks/04_infonce"])
+def test_phone_navigation(doc, browser, site):
+    """390 px：汉堡按钮打开目录，目录里的链接能跳到另一章；页脚有上一页/下一页。"""
+    context, page, _ = open_guarded(browser, PHONE)
+    try:
+        page.goto(f"{site.url}/{doc}.html", wait_until="load")
+        # 页面里有两个 .primary-toggle（顶栏与正文页眉），手机上只显示其中一个
+        toggle = page.locator(".primary-toggle:visible").first
+        assert toggle.is_visible(), f"{doc}: 手机宽度下看不到打开目录的按钮"
+        toggle.click()
+        # pydata 主题在手机上把侧栏放进一个 <dialog> 里弹出
+        menu = "dialog a.reference.internal:visible, .bd-sidebar-primary a.reference.internal:visible"
+        link = page.locator(menu, has_text="背景介绍").first
+        link.wait_for(state="visible", timeout=5_000)
+        box = link.bounding_box()
+        assert box and 0 <= box["x"] and box["x"] + box["width"] <= PHONE, f"{doc}: 目录链接在屏幕外：{box}"
+        link.click()
+        page.wait_for_url("**/ch01_background.html", timeout=10_000)
+        assert page.locator(".prev-next-area a").count() >= 1, "页脚没有上一页/下一页链接"
+    finally:
+        context.close()
+
+
+def test_chinese_search_finds_glossary(browser, site):
     """中文搜索（jieba 分词的索引）能找到术语表里的词。"""
-    page, report = page_report
-    page.goto(f"{site.url}/search.html?q=对比学习", wait_until="load")
-    page.wait_for_selector("#search-results li", timeout=30_000)
-    hits = page.locator("#search-results li a").all_inner_texts()
-    assert any("术语表" in h for h in hits), f"搜索“对比学习”没有命中术语表：{hits}"
-    assert not report["external"] and not report["console"], report
+    context, page, report = open_guarded(browser)
+    try:
+        page.goto(f"{site.url}/search.html?q=对比学习", wait_until="load")
+        page.wait_for_selector("#search-results li", timeout=30_000)
+        hits = page.locator("#search-results li a").all_inner_texts()
+        assert any("术语表" in h for h in hits), f"搜索“对比学习”没有命中术语表：{hits}"
+        assert not report["external"] and not report["console"], report
+    finally:
+        context.close()

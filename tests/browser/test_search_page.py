@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from urllib.parse import urlparse
-
 import pytest
 
-from pages import LOCAL_HOSTS, SCREENSHOT_DIR
+from page_checks import open_guarded
+from pages import SCREENSHOT_DIR
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/serve_fixtures.py
 from serve_fixtures import ThreadServer, write_shapes_gallery  # noqa: E402
@@ -51,20 +50,7 @@ def search_server(trained_checkpoint, tmp_path_factory):
 
 @pytest.fixture
 def search_page(browser):
-    context = browser.new_context(viewport={"width": 1200, "height": 900}, locale="zh-CN")
-    report = {"external": [], "console": []}
-
-    def guard(route):
-        if urlparse(route.request.url).hostname in LOCAL_HOSTS:
-            route.continue_()
-        else:
-            report["external"].append(route.request.url)
-            route.abort()
-
-    context.route("**/*", guard)
-    page = context.new_page()
-    page.on("console", lambda m: m.type == "error" and report["console"].append(m.text))
-    page.on("pageerror", lambda e: report["console"].append(f"pageerror: {e}"))
+    context, page, report = open_guarded(browser, 1200)
     yield page, report
     context.close()
 
