@@ -80,7 +80,8 @@ def figure_style() -> None:
 
     书页的版心约 740 px 宽：字号按“图缩放到版心宽度后仍清楚”来定；
     图的底色是不透明的白色，深色模式下也不会出现“透明底 + 黑字”；
-    默认颜色循环的前几种依次是 PALETTE 里的图像蓝、文本橙、见过绿、留出红。
+    默认颜色循环的前几种依次是 PALETTE 里的图像蓝、文本橙、见过绿、留出红；
+    标题与标签互相压住时发出“图中文字重叠”警告（clipedu.figure_overlap）。
     """
     import matplotlib
     from cycler import cycler
@@ -107,6 +108,8 @@ def figure_style() -> None:
         "axes.spines.right": False,
         "axes.prop_cycle": cycler(color=[PALETTE[k] for k in order] + extra),
         "image.cmap": "viridis",
+        # 每张 pyplot 图画完都检查文字是否互相压住（clipedu/figure_overlap.py）
+        "figure.hooks": ["clipedu.figure_overlap:watch_overlaps"],
     })
 
 

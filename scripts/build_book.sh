@@ -89,7 +89,7 @@ elif (( ${#notebooks[@]} )); then
     fi
     (cd "$STAGE" && python -m pytest --nbmake --overwrite --nbmake-timeout="$NB_TIMEOUT" "${xdist[@]}" \
         -p no:cacheprovider --rootdir="$STAGE" -q --durations=0 notebooks)
-    python scripts/check_notebook_outputs.py "${notebooks[@]}"
+    python scripts/check_notebook_outputs.py --extract "$ROOT/_build/screenshots/figures" "${notebooks[@]}"
 else
     log "notebooks/ 里还没有笔记本，跳过执行"
 fi

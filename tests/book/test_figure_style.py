@@ -52,3 +52,30 @@ def test_same_colours_for_same_things():
     # 同一概念的两对颜色彼此可分
     assert PALETTE["image"] != PALETTE["text"] and PALETTE["seen"] != PALETTE["heldout"]
     assert PALETTE["clipedu"] != PALETTE["open_clip"]
+
+
+def test_overlapping_titles_are_reported_when_drawn():
+    """setup_notebook 的样式登记了 figure.hooks：子图标题压住总标题或彼此压住时，画图会发出“图中文字重叠”警告。"""
+    from clipedu.figure_overlap import OVERLAP_MESSAGE, overlapping_texts
+
+    clipedu.setup_notebook(quiet=True)
+    fig, axes = plt.subplots(1, 6, figsize=(7, 1.6))
+    for ax, name in zip(axes, ["圆形", "正方形", "三角形", "星形", "十字形", "菱形"]):
+        ax.set_title(f"画面里有没有白色的{name}？")
+    fig.suptitle("下游任务：认形状（颜色、大小、位置都不算）")
+    with pytest.warns(UserWarning, match=OVERLAP_MESSAGE.split(" / ")[0]):
+        fig.canvas.draw()
+    assert len(overlapping_texts(fig)) >= 5
+    plt.close(fig)
+
+    # 同样的内容，拉宽、分两行并用 constrained 布局：没有重叠，也没有警告
+    fig, axes = plt.subplots(2, 3, figsize=(9, 4.5), layout="constrained")
+    for ax, name in zip(axes.flat, ["圆形", "正方形", "三角形", "星形", "十字形", "菱形"]):
+        ax.set_title(f"有没有白色的{name}？")
+    fig.suptitle("下游任务：认形状")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        fig.canvas.draw()
+    assert overlapping_texts(fig) == []
+    plt.close(fig)

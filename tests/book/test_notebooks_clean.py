@@ -67,3 +67,29 @@ def test_glyph_warning_checker(tmp_path):
     (tmp_path / "good.ipynb").write_text(json.dumps(good), encoding="utf-8")
     assert check.main([str(tmp_path / "good.ipynb")]) == 0
     assert check.main([str(tmp_path / "good.ipynb"), str(tmp_path / "bad.ipynb")]) == 1
+
+
+def test_transparent_figure_checker_and_extract(tmp_path):
+    """透明背景的图被拦下（深色模式下黑字看不见）；不透明的图通过，并被写进 --extract 目录。"""
+    import base64
+    import importlib.util
+    import io
+
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("check_outputs", ROOT / "scripts" / "check_notebook_outputs.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+
+    def nb_with(color):
+        buf = io.BytesIO()
+        Image.new("RGBA", (8, 8), color).save(buf, format="PNG")
+        out = {"output_type": "display_data", "data": {"image/png": base64.b64encode(buf.getvalue()).decode()}}
+        return {"cells": [{"cell_type": "code", "outputs": [out]}]}
+
+    (tmp_path / "opaque.ipynb").write_text(json.dumps(nb_with((255, 255, 255, 255))), encoding="utf-8")
+    (tmp_path / "clear.ipynb").write_text(json.dumps(nb_with((0, 0, 0, 0))), encoding="utf-8")
+    figs = tmp_path / "figs"
+    assert check.main(["--extract", str(figs), str(tmp_path / "opaque.ipynb")]) == 0
+    assert [p.name for p in figs.iterdir()] == ["opaque__cell00_0.png"]
+    assert check.main([str(tmp_path / "clear.ipynb")]) == 1

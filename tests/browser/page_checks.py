@@ -39,17 +39,31 @@ def set_dark(page, dark: bool) -> None:
     page.wait_for_function(f"() => document.documentElement.dataset.theme === '{mode}'")
 
 
-# 等 MathJax 排完版、mermaid 画完图、字体载入（否则量到的是排版前的宽度）
+# 等 MathJax 排完版、mermaid 画完图、字体载入（否则量到的是排版前的宽度）。
+# mermaid 图要滚到视野里才画；画好之前只有一个 viewBox 为 0 的占位 SVG，所以逐个滚过去，等真正的 viewBox 出现。
 SETTLE_JS = """async () => {
   if (window.MathJax && MathJax.startup && MathJax.startup.promise) await MathJax.startup.promise;
+  const drawn = (e) => { const s = e.querySelector('svg'); return s && s.viewBox.baseVal && s.viewBox.baseVal.width > 0; };
   const t0 = Date.now();
-  while (Date.now() - t0 < 15000) {
-    const m = Array.from(document.querySelectorAll('.mermaid'));
-    if (m.every(e => e.querySelector('svg') || !e.offsetParent)) break;
-    await new Promise(r => setTimeout(r, 100));
+  for (const e of document.querySelectorAll('.mermaid')) {
+    if (!e.offsetParent) continue;
+    e.scrollIntoView();
+    while (!drawn(e) && Date.now() - t0 < 20000) await new Promise(r => setTimeout(r, 100));
   }
+  window.scrollTo(0, 0);
   await document.fonts.ready;
 }"""
+
+# mermaid 图按内容定大小：缩放到版心后字不能小于原来的 80 %（图太宽），框也不能比图高出一大截（留白）
+MERMAID_SIZE_JS = """() => Array.from(document.querySelectorAll('.mermaid')).filter(e => e.offsetParent).map(e => {
+  const s = e.querySelector('svg'); if (!s) return 'mermaid 没有 SVG';
+  const vb = s.viewBox.baseVal, r = s.getBoundingClientRect(), box = e.getBoundingClientRect();
+  if (!vb || vb.width === 0) return 'mermaid 没有画出来';
+  const scale = r.width / vb.width;
+  if (scale < 0.8) return `mermaid 图 ${Math.round(vb.width)} px 宽，缩到 ${Math.round(r.width)} px（字缩小到 ${Math.round(100 * scale)} %）`;
+  if (box.height > r.height + 80) return `mermaid 图高 ${Math.round(r.height)} px，框高 ${Math.round(box.height)} px（上下空白太多）`;
+  return '';
+}).filter(Boolean)"""
 
 # 页面里真正显示给读者的文字（去掉代码块、脚本和已排版的公式）
 VISIBLE_TEXT_JS = """() => {

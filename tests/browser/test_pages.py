@@ -1,7 +1,7 @@
 """在真实浏览器里检查每一章，读者看到的样子（issue 17）。
 
 每页只打开两次：1280 px 的笔记本电脑和 390 px 的手机；深色模式与读者点主题按钮一样在同一页里切换。
-- 1280 px：中文排版不是豆腐块；MathJax 排版了每个公式；每个 mermaid 块都画成了 SVG；没有请求离开本机，
+- 1280 px：中文排版不是豆腐块；MathJax 排版了每个公式；每个 mermaid 块都画成了 SVG，按内容定大小；没有请求离开本机，
   没有控制台错误和 404；没有哪个代码块或输出块要横向滚动（scrollWidth <= clientWidth），没有元素比页面宽。
 - 390 px：页面本身不横向滚动；公式与表格在自己的框里滚动；图片缩到屏幕以内。
 - 截图存到 _build/screenshots/layout/：两种宽度 × 浅色/深色，整页。
@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from page_checks import (BOXED_JS, ESCAPING_JS, EXPAND_ALL_JS, MERMAID_JS, SETTLE_JS, TOFU_JS, VISIBLE_TEXT_JS,
+from page_checks import (BOXED_JS, ESCAPING_JS, EXPAND_ALL_JS, MERMAID_JS, MERMAID_SIZE_JS, SETTLE_JS, TOFU_JS, VISIBLE_TEXT_JS,
                          WIDE_BLOCKS_JS, open_guarded, set_dark)
 from pages import HTML_DIR, SCREENSHOT_DIR, toc_files
 
@@ -86,6 +86,7 @@ def test_page_desktop(doc, browser, site):
         esc = page.evaluate(ESCAPING_JS)
         if esc["scroll"] > esc["vw"] or esc["out"]:
             problems.append(f"有元素比页面宽：{esc}")
+        problems += page.evaluate(MERMAID_SIZE_JS)
         set_dark(page, True)
         _shot(page, doc, DESKTOP, "dark")
         set_dark(page, False)
