@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from clipedu.notebook import register_cjk_font  # noqa: E402
+from clipedu.notebook import figure_style, register_cjk_font  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "generated" / "timeline.png"
 
@@ -60,6 +60,7 @@ def layout(events):
 
 
 def make_figure(path: Path = OUT) -> Path:
+    figure_style()   # 全书插图样式，含“图中文字重叠”检查（clipedu.figure_overlap）
     register_cjk_font()
     fig, ax = plt.subplots(figsize=(11, 4.6))
     ax.axhline(0, color="black", linewidth=1)
@@ -84,6 +85,7 @@ def make_figure(path: Path = OUT) -> Path:
     with warnings.catch_warnings():
         # 缺字时 matplotlib 会发 "Glyph ... missing" 警告；把它变成错误，宁可失败也不出方框图。
         warnings.filterwarnings("error", message=".*Glyph.*missing.*")
+        warnings.filterwarnings("error", message="图中文字重叠")   # 注释框互相压住也算失败
         fig.savefig(path, dpi=150)
     plt.close(fig)
     return path
