@@ -55,7 +55,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, write: Callable) -> None:
+def atomic_write(path: Path, write: Callable) -> None:
     """写临时文件、fsync、rename：目标文件要么是旧内容，要么是完整的新内容。"""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -69,12 +69,12 @@ def _atomic_write(path: Path, write: Callable) -> None:
         raise
 
 
-def _write_json(path: Path, obj) -> None:
-    _atomic_write(path, lambda f: f.write(json.dumps(obj, ensure_ascii=False, indent=1).encode("utf-8")))
+def write_json(path: Path, obj) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(obj, ensure_ascii=False, indent=1).encode("utf-8")))
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
-    _atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+    atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
 
 
 # ---------------------------------------------------------------- 扫描
@@ -115,7 +115,8 @@ class ImageIndex:
     embeddings: np.ndarray     # [N, D]，float16 或 float32，已 L2 归一化
     items: list[dict]          # N 条 {"path", "size", "mtime_ns"}
     meta: dict = field(default_factory=dict)
-    block_rows: int = 65536    # 每次与查询相乘的行数：float16 存储时只在这一块上临时转成 float32
+    block_rows: int = 65536    # 每次与查询相乘的行数：限制 (Q, rows) 分数矩阵的大小
+    _f32: Optional[np.ndarray] = field(default=None, init=False, repr=False)  # 检索用的 float32 副本
 
     def __len__(self) -> int:
         return len(self.items)
@@ -124,6 +125,16 @@ class ImageIndex:
     def dim(self) -> int:
         return int(self.embeddings.shape[1])
 
+    def matrix(self) -> np.ndarray:
+        """检索用的 float32 矩阵 [N, D]。
+
+        float16 存储时第一次检索转换一次并留在内存里（内存翻倍）：numpy 没有 float16
+        矩阵乘法，而每条查询都重新转换一遍，转换比乘法本身慢约 8 倍（见
+        benchmarks/results/serve.md）。"""
+        if self._f32 is None:
+            self._f32 = np.ascontiguousarray(self.embeddings, dtype=np.float32)
+        return self._f32
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """queries [Q, D]（已归一化）→ (分数 [Q, k'], 下标 [Q, k'])，按分数降序，k' = min(k, N)。"""
         queries = np.asarray(queries, dtype=np.float32)
@@ -131,8 +142,9 @@ class ImageIndex:
         k = min(int(k), N)
         best_s = np.full((Q, 0), -np.inf, dtype=np.float32)
         best_i = np.zeros((Q, 0), dtype=np.int64)
+        matrix = self.matrix()
         for start in range(0, N, self.block_rows):
-            block = self.embeddings[start:start + self.block_rows].astype(np.float32, copy=False)
+            block = matrix[start:start + self.block_rows]
             scores = queries @ block.T                                   # (Q, rows)
             s = np.concatenate([best_s, scores], axis=1)
             i = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + len(block)), scores.shape)], axis=1)
@@ -306,7 +318,7 @@ def build_index(encoder, images: str | os.PathLike, out: str | os.PathLike, *, c
             good, vecs, bad = _embed_chunk(encoder, root, chunk, settings, strict, batch_size)
             done = good, vecs.astype(dtype), bad
             _write_npy(partial / f"chunk-{key}.npy", done[1])
-            _write_json(partial / f"chunk-{key}.json", {"entries": good, "skipped": bad})  # 最后写：完成标记
+            write_json(partial / f"chunk-{key}.json", {"entries": good, "skipped": bad})  # 最后写：完成标记
             if throttle > 0:
                 time.sleep(throttle)
         good, vecs, bad = done
@@ -334,7 +346,7 @@ def _commit(out: Path, root: Path, items: list[dict], matrix: np.ndarray, encode
     emb_name, items_name = f"embeddings-{gen}.npy", f"items-{gen}.jsonl"
     _write_npy(out / emb_name, matrix)
     lines = "".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items)
-    _atomic_write(out / items_name, lambda f: f.write(lines.encode("utf-8")))
+    atomic_write(out / items_name, lambda f: f.write(lines.encode("utf-8")))
     meta = {
         "format": FORMAT, "version": VERSION, "root": str(root), "count": len(items),
         "dim": int(matrix.shape[1]), "dtype": str(matrix.dtype), "model_sha256": encoder.fingerprint,
@@ -343,7 +355,7 @@ def _commit(out: Path, root: Path, items: list[dict], matrix: np.ndarray, encode
         "items": {"file": items_name, "sha256": _sha256(out / items_name)},
         "last_build": report.to_dict(),
     }
-    _write_json(out / META, meta)
+    write_json(out / META, meta)
     keep = {emb_name, items_name}
     for p in list(out.glob("embeddings-*.npy")) + list(out.glob("items-*.jsonl")):
         if p.name not in keep:
