@@ -186,6 +186,9 @@ class OnnxEncoder:
             )
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         opts = ort.SessionOptions()
+        # 算完一批后工作线程不空转等活：与 PyTorch 的 OMP_WAIT_POLICY=PASSIVE 同理，共享的 2 核机器上
+        # 空转的线程会抢走检索与 HTTP 处理的 CPU（见 benchmarks/results/serve.md）
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1

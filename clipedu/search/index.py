@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -107,6 +108,26 @@ def scan_images(root: Path, exclude: Optional[Path] = None) -> tuple[list[dict],
 
 
 # ---------------------------------------------------------------- 读取与检索
+_BLAS = None  # threadpoolctl 的控制器：第一次检索时建（它要扫一遍已载入的动态库）
+
+
+def one_blas_thread():
+    """让 numpy 的 BLAS 在这段代码里只用 1 个线程（没装 threadpoolctl 时什么也不做）。
+
+    一条查询乘 N 个向量是受内存带宽限制的矩阵-向量乘，多线程几乎不快；而 OpenBLAS 的工作线程
+    算完后会空转等活，在被别的进程占满的 2 核机器上，N = 1 万时一条查询从 0.24 ms 变成 22 ms
+    （见 benchmarks/results/serve.md）。"""
+    global _BLAS
+    try:
+        if _BLAS is None:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS = ThreadpoolController()
+        return _BLAS.limit(limits=1, user_api="blas")
+    except ImportError:
+        return contextlib.nullcontext()
+
+
 @dataclass
 class ImageIndex:
     """载入内存的索引。``search`` 是分块的矩阵乘法加 argpartition：精确的 top-k。"""
@@ -145,7 +166,8 @@ class ImageIndex:
         matrix = self.matrix()
         for start in range(0, N, self.block_rows):
             block = matrix[start:start + self.block_rows]
-            scores = queries @ block.T                                   # (Q, rows)
+            with one_blas_thread():
+                scores = queries @ block.T                               # (Q, rows)
             s = np.concatenate([best_s, scores], axis=1)
             i = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + len(block)), scores.shape)], axis=1)
             if s.shape[1] > k:
