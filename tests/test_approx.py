@@ -112,9 +112,6 @@ def test_approx_index_of_an_older_generation_is_refused(built, tmp_path):
     (idx_dir / APPROX_FAISS).unlink()
     with pytest.raises(ApproxIndexError, match="还没建过"):
         load_approx(newer, idx_dir)
-    from clipedu.cli import main
-
-    assert main(["serve", "--index", str(idx_dir), "--checkpoint", "unused.pt", "--approx"]) == 2
 
 
 def test_service_runs_on_the_approx_index(built):
@@ -128,3 +125,27 @@ def test_service_runs_on_the_approx_index(built):
         health = json.loads(urllib.request.urlopen(f"{server.url}/health", timeout=30).read())
     want = exact.search(FakeEncoder().encode_texts(["红色的圆形"]), 5)[1][0]
     assert [r["id"] for r in got["results"]][0] == want[0] and health["count"] == len(exact)
+
+
+@pytest.mark.slow
+def test_index_cli_builds_the_approx_index_once(tmp_path, capsys):
+    """python -m clipedu index --approx hnsw：建好近似索引；再跑一次什么都没变，近似索引也不重建。"""
+    from serve_fixtures import save_random_checkpoint, write_shapes_gallery
+
+    from clipedu.cli import main
+
+    ckpt = save_random_checkpoint(tmp_path / "tiny.pt")
+    write_shapes_gallery(tmp_path / "images", 24)
+    args = ["index", "--checkpoint", str(ckpt), "--images", str(tmp_path / "images"), "--out", str(tmp_path / "idx"),
+            "--no-progress", "--approx", "hnsw", "--approx-param", "32"]
+    assert main(args) == 0 and "近似索引 hnsw（查询参数 32）：24 个向量" in capsys.readouterr().out
+    before = (tmp_path / "idx" / APPROX_FAISS).stat().st_mtime_ns
+    assert main(args) == 0 and "已是最新" in capsys.readouterr().out
+    assert (tmp_path / "idx" / APPROX_FAISS).stat().st_mtime_ns == before
+    exact = load_index(tmp_path / "idx")
+    approx = load_approx(exact, tmp_path / "idx")
+    assert approx.kind == "hnsw" and approx.param == 32
+    np.testing.assert_array_equal(approx.search(exact.matrix()[:5], 1)[1][:, 0], np.arange(5))
+    (tmp_path / "idx" / APPROX_FAISS).write_bytes(b"broken")      # serve --approx 拒绝启动：退出码 2，一行说明
+    assert main(["serve", "--index", str(tmp_path / "idx"), "--checkpoint", str(ckpt), "--approx"]) == 2
+    assert "bad approximate index" in capsys.readouterr().err
