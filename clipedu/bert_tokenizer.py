@@ -22,7 +22,8 @@ import os
 import unicodedata
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-# torch 只在返回张量时才导入：ONNX 服务（sec-service）用下面的纯 Python 函数分词，不需要 torch
+# torch 只在返回张量时才导入：ONNX 服务（sec-service）用下面的纯 Python
+# 函数分词，不需要 torch
 if TYPE_CHECKING:
     import torch
 
