@@ -6,6 +6,8 @@
     embeddings-<代>.npy       [N, D] 的 L2 归一化图像向量（float16 或 float32）
     items-<代>.jsonl          每行一张图：{"path": 相对路径, "size": 字节数, "mtime_ns": 修改时间}
 
+（``index --approx`` 另在同一目录里写 ``approx.faiss`` 与 ``approx.json``，见 ``approx.py``。）
+
 每次建成都用一个新的“代”号写出两个数据文件，最后原子地替换 ``index.json`` 指向它们，
 再删掉旧代。所以任何时刻被中断，``index.json`` 要么指向完整的旧索引、要么指向完整的新索引。
 读取时核对 SHA-256 与形状，被改坏的文件一律拒绝加载。
