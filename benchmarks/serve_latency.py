@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -40,19 +41,60 @@ def percentiles(ms: list[float]) -> tuple[float, float]:
 
 
 def in_process(encoder, index, n_queries: int) -> dict:
-    """一条文本查询的端到端时间（分词、编码、检索），以及其中检索部分的时间。"""
+    """一条文本查询的端到端时间（分词、编码、检索）、其中检索部分的时间，以及进程 CPU 时间。
+
+    CPU 时间（所有线程相加）几乎不受机器上其他负载的影响：负载高时墙钟时间里多出来的是排队。"""
     for q in QUERIES:
         index.search(encoder.encode_texts([q]), 12)
-    total, scan = [], []
+    total, scan, cpu = [], [], []
     for i in range(n_queries):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         vec = encoder.encode_texts([QUERIES[i % len(QUERIES)]])
         t1 = time.perf_counter()
         index.search(vec, 12)
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         total.append(1000 * (t2 - t0))
         scan.append(1000 * (t2 - t1))
-    return {"p50": percentiles(total)[0], "p99": percentiles(total)[1], "scan_p50": percentiles(scan)[0]}
+        cpu.append(1000 * (c2 - c0))
+    return {"p50": percentiles(total)[0], "p99": percentiles(total)[1], "scan_p50": percentiles(scan)[0],
+            "cpu_p50": percentiles(cpu)[0]}
+
+
+ABLATIONS = {
+    "现在": {},
+    "检索时 BLAS 用默认线程数": {"blas": True},
+    "每条查询都把 float16 转成 float32": {"convert": True},
+    "两者都有（第一版）": {"blas": True, "convert": True},
+}
+
+
+@contextlib.contextmanager
+def first_version(blas: bool = False, convert: bool = False):
+    """只为对照：临时换回第一版的两个做法，看它们各自让一条查询慢了多少。"""
+    import clipedu.search.index as index_mod
+
+    saved = index_mod.one_blas_thread, index_mod.ImageIndex.matrix
+    if blas:
+        index_mod.one_blas_thread = contextlib.nullcontext
+    if convert:
+        index_mod.ImageIndex.matrix = lambda self: np.asarray(self.embeddings, dtype=np.float32)
+    try:
+        yield
+    finally:
+        index_mod.one_blas_thread, index_mod.ImageIndex.matrix = saved
+
+
+def ablation(encoders: dict, index, n_queries: int) -> list[str]:
+    """两种后端 × 四种做法的进程内 p50 与检索 p50。"""
+    rows = []
+    for name, switches in ABLATIONS.items():
+        cells = []
+        for backend, encoder in encoders.items():
+            with first_version(**switches):
+                r = in_process(encoder, index, n_queries)
+            cells.append(f"{r['p50']:.2f} / {r['scan_p50']:.2f} / {r['cpu_p50']:.2f}")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
 
 
 def over_http(url: str, n_queries: int) -> dict:
@@ -69,8 +111,24 @@ def over_http(url: str, n_queries: int) -> dict:
     return {"p50": p50, "p99": p99}
 
 
-def scan_cost(sizes: list[int], dim: int, repeats: int = 20) -> list[tuple[int, float, float]]:
-    """精确检索（float16 存储、分块转 float32 相乘 + argpartition）随 N 的耗时与内存。"""
+def blas_threads() -> int:
+    from threadpoolctl import threadpool_info
+
+    return max([i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"], default=1)
+
+
+def median_ms(fn, repeats: int) -> float:
+    ms = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ms.append(1000 * (time.perf_counter() - t0))
+    return float(np.median(ms))
+
+
+def scan_cost(sizes: list[int], dim: int, repeats: int = 20) -> list[dict]:
+    """精确检索（float16 存储、内存里一份 float32 副本、分块相乘 + argpartition）随 N 的耗时与内存，
+    以及如果每条查询都把 float16 转成 float32（第一版就这样做）要多花的时间。"""
     from clipedu.search.index import ImageIndex
 
     rng = np.random.default_rng(0)
@@ -80,13 +138,10 @@ def scan_cost(sizes: list[int], dim: int, repeats: int = 20) -> list[tuple[int, 
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
         index = ImageIndex(Path("."), emb.astype(np.float16), [{}] * n)
         q = emb[:1]
-        index.search(q, 12)
-        ms = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            index.search(q, 12)
-            ms.append(1000 * (time.perf_counter() - t0))
-        out.append((n, float(np.median(ms)), n * dim * 2 / 2**20))
+        index.search(q, 12)                                     # 第一次检索时建 float32 副本
+        out.append({"n": n, "search": median_ms(lambda: index.search(q, 12), repeats),
+                    "convert": median_ms(lambda: index.embeddings.astype(np.float32), repeats),
+                    "mb": n * dim * (2 + 4) / 2**20})
         del emb, index
     return out
 
@@ -139,6 +194,7 @@ def main(argv=None) -> None:
         export = export_onnx(ckpt, work / "onnx", log=lambda *a: None)
         onnx_encoder = load_encoder(work / "onnx", "onnx", threads=args.threads)
         rows = {"torch": in_process(encoder, index, args.queries), "onnx": in_process(onnx_encoder, index, args.queries)}
+        ablations = ablation({"torch": encoder, "onnx": onnx_encoder}, index, args.queries)
         http = {}
         for backend, ck in (("torch", ckpt), ("onnx", work / "onnx")):
             proc, url, startup = start_server(work / "idx", ck, backend, args.threads)
@@ -168,17 +224,24 @@ def main(argv=None) -> None:
         + f"向量 {index.dim} 维 {index.embeddings.dtype}，索引目录 {index_mb:.2f} MB"
         f"（向量 {index.embeddings.nbytes / 2**20:.2f} MB）。ONNX 模型：图像 {export['image_mb']} MB、文本 {export['text_mb']} MB。",
         "",
-        "| 后端 | 进程内 p50 / p99（ms） | 其中检索 p50（ms） | HTTP /search p50 / p99（ms） | 启动到可用（s） | 服务进程常驻内存（MB） |",
-        "|---|---|---|---|---|---|",
+        "| 后端 | 进程内 p50 / p99（ms） | 其中检索 p50（ms） | 进程 CPU 时间 p50（ms） "
+        "| HTTP /search p50 / p99（ms） | 启动到可用（s） | 服务进程常驻内存（MB） |",
+        "|---|---|---|---|---|---|---|",
     ]
     for b in ("torch", "onnx"):
         r, h = rows[b], http[b]
-        lines.append(f"| {b} | {r['p50']:.2f} / {r['p99']:.2f} | {r['scan_p50']:.3f} | {h['p50']:.2f} / {h['p99']:.2f} "
+        lines.append(f"| {b} | {r['p50']:.2f} / {r['p99']:.2f} | {r['scan_p50']:.3f} | {r['cpu_p50']:.2f} "
+                     f"| {h['p50']:.2f} / {h['p99']:.2f} "
                      f"| {h['startup_s']:.1f} | {h['rss_mb']:.0f} |")
+    lines += ["", "第一版的两个做法各自的代价（进程内，同一个索引；每格是 端到端 p50 / 其中检索 p50 / 进程 CPU 时间 p50，ms）：",
+              "", "| 做法 | torch | onnx |", "|---|---|---|"] + ablations
     lines += ["", "安装体积（site-packages 里的目录，MB）：" + "，".join(f"{k} {v:.0f}" for k, v in sizes.items()) + "。",
-              "", f"精确检索的扫描成本（一条查询、{index.dim} 维、float16 存储、top-12，中位数）：", "",
-              "| 图库大小 N | 每条查询（ms） | 向量占内存（MB） |", "|---:|---:|---:|"]
-    lines += [f"| {n:,} | {ms:.2f} | {mb:.0f} |" for n, ms, mb in scans]
+              "", f"精确检索的扫描成本（一条查询、{index.dim} 维、float16 存储、top-12，中位数；"
+              f"numpy 的 BLAS 默认 {blas_threads()} 个线程）：", "",
+              "| 图库大小 N | 每条查询（ms） | 若每条查询都把 float16 转成 float32，另加（ms） "
+              "| 向量占内存（MB，float16 + float32 副本） |",
+              "|---:|---:|---:|---:|"]
+    lines += [f"| {r['n']:,} | {r['search']:.2f} | {r['convert']:.2f} | {r['mb']:.0f} |" for r in scans]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:

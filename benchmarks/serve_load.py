@@ -74,7 +74,8 @@ def main(argv=None) -> None:
         f"--images {args.images} --backend {args.backend}`）",
         "",
         f"CPU：{cpu_name()}，服务端 {args.threads} 线程、后端 {args.backend}，客户端与服务在同一台机器上；"
-        f"{time.strftime('%Y-%m-%d', time.gmtime())}；1 分钟平均负载 {load_before[0]:.1f} → {load_after[0]:.1f}。",
+        f"{time.strftime('%Y-%m-%d', time.gmtime())}；1 分钟平均负载 {load_before[0]:.1f} → {load_after[0]:.1f}"
+        f"，压测与服务进程 nice {os.nice(0)}。",
         "",
         f"{args.requests} 个请求用时 {s['seconds']:.1f} 秒（{args.requests / s['seconds']:.0f} 个/秒）；"
         f"故意的坏请求 {s['bad_as_expected']} 个，全部得到预期的 4xx；意外的状态码 **{s['unexpected']}** 个。"

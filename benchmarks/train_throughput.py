@@ -1,5 +1,7 @@
 """训练吞吐（图文对/秒）：clipedu 与 open_clip 同结构、同批、同优化器、同精度，在一次运行里交替测量。
 
+Chinese-CLIP 的预设（``cn-clip-*``，BERT 文本塔）的对照是 ``cn_clip`` 自己的 CLIP，形状相同、参数逐一同名同形。
+
 一步 = 前向、对称 InfoNCE 损失、反向、AdamW 更新。两边用同一份随机批数据与同一个损失函数，
 按轮次交替（A B B A …）计时，取各轮中位数，尽量抵消机器被他人占用时的波动。
 每步 FLOPs 由 torch.utils.flop_counter 数出（前向 + 反向）。CUDA 上报告 MFU（对厂商标称峰值）与峰值显存；
@@ -13,6 +15,7 @@ CPU 上报告“实测峰值占比”：FLOPs ÷ 时间 ÷ 同一次运行里实
     python benchmarks/train_throughput.py --preset tiny-cpu --batch-size 128 --precision fp32 --user-path
     python benchmarks/train_throughput.py --preset vit-b-32 --shrink --precision fp32,bf16
     python benchmarks/train_throughput.py --preset vit-b-32 --batch-size 256 --precision bf16 --device cuda
+    python benchmarks/train_throughput.py --preset cn-clip-vit-b-16 --shrink --batch-size 32   # BERT 对 cn_clip
 """
 from __future__ import annotations
 
@@ -60,6 +63,31 @@ def open_clip_twin(cfg: clipedu.CLIPConfig):
     return open_clip.CLIP(cfg.embed_dim, vision, text, quick_gelu=cfg.quick_gelu)
 
 
+def cn_clip_twin(cfg: clipedu.CLIPConfig):
+    """用 cn_clip 的 CLIP 搭一个与 BERT 文本塔的 clipedu 模型结构相同的模型（键名、形状都一样）。
+
+    cn_clip 按头宽 64 定头数（ViT 宽/64、ResNet 宽×32/64、BERT 宽/64），与 clipedu 的 cn-clip 预设一致。"""
+    from cn_clip.clip.model import CLIP as CnCLIP
+
+    v, t = cfg.vision, cfg.text
+    vision = dict(image_resolution=v.image_size, vision_width=v.width,
+                  vision_layers=v.layers if v.arch == "vit" else list(v.layers),
+                  vision_patch_size=v.patch_size if v.arch == "vit" else None)
+    text = dict(vocab_size=t.vocab_size, text_attention_probs_dropout_prob=t.dropout, text_hidden_act="gelu",
+                text_hidden_dropout_prob=t.dropout, text_hidden_size=t.width, text_initializer_range=0.02,
+                text_intermediate_size=int(t.mlp_ratio * t.width), text_max_position_embeddings=t.max_positions,
+                text_num_attention_heads=t.heads, text_num_hidden_layers=t.layers,
+                text_type_vocab_size=t.type_vocab_size)
+    return CnCLIP(embed_dim=cfg.embed_dim, **vision, **text)
+
+
+def twin(cfg: clipedu.CLIPConfig):
+    """对照模型与它的名字：BERT 文本塔对 cn_clip，其余对 open_clip。"""
+    if cfg.text.arch == "bert":
+        return "cn_clip", cn_clip_twin(cfg)
+    return "open_clip", open_clip_twin(cfg)
+
+
 def user_batch(cfg: clipedu.CLIPConfig, batch_size: int, device: torch.device):
     """真实标题：clipedu 截掉 [PAD] 尾部列，open_clip 填满上下文。返回 (图像, clipedu 词元, open_clip 词元)。"""
     from clipedu.data import ShapesDataset
@@ -76,7 +104,10 @@ def make_batch(cfg: clipedu.CLIPConfig, batch_size: int, device: torch.device):
     images = torch.randn(batch_size, 3, cfg.vision.image_size, cfg.vision.image_size, generator=g)
     L = cfg.text.context_length
     tokens = torch.randint(4, min(cfg.text.vocab_size, 1000), (batch_size, L), generator=g)
-    tokens[:, L // 2] = cfg.text.eos_token_id
+    if cfg.text.arch == "bert":  # [CLS] … [SEP] [PAD]…：BERT 词表里 [CLS]=101、[SEP]=102、[PAD]=0
+        tokens[:, 0], tokens[:, L // 2] = 101, 102
+    else:
+        tokens[:, L // 2] = cfg.text.eos_token_id
     tokens[:, L // 2 + 1:] = 0
     return images.to(device), tokens.to(device)
 
@@ -144,21 +175,21 @@ def bench_precision(args, cfg, device, precision) -> dict:
         images, tokens = make_batch(cfg, args.batch_size, device)
         theirs_tokens = tokens
     torch.manual_seed(0)
-    ours, theirs = clipedu.create_model(cfg), open_clip_twin(cfg)
+    ours, (twin_name, theirs) = clipedu.create_model(cfg), twin(cfg)
     if args.channels_last:  # 两边都把卷积权重和输入换成 NHWC
         ours.to_channels_last()
         theirs.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     runners = [Runner("clipedu", ours, device, precision, args.compile),
-               Runner("open_clip", theirs, device, precision, args.compile)]
-    toks = {"clipedu": tokens, "open_clip": theirs_tokens}
+               Runner(twin_name, theirs, device, precision, args.compile)]
+    toks = {"clipedu": tokens, twin_name: theirs_tokens}
     for r in runners:  # 预热：编译、内核选择、分配器缓存
         for _ in range(args.warmup):
             r.step(images, toks[r.name])
     for i in range(args.rounds):
         for r in (runners if i % 2 == 0 else runners[::-1]):
             r.timed(images, toks[r.name], args.steps)
-    out = {"precision": precision, "batch_size": args.batch_size, "user_path": args.user_path,
+    out = {"precision": precision, "batch_size": args.batch_size, "user_path": args.user_path, "twin": twin_name,
            "text_len": {k: int(v.shape[1]) for k, v in toks.items()}}
     tflops = peak_tflops(device, precision, args.peak_tflops)
     if tflops is None and device.type == "cpu":  # CPU：同一次运行里实测的方阵乘峰值
@@ -183,9 +214,9 @@ def bench_precision(args, cfg, device, precision) -> dict:
                 steps_per_cpu_s = out[f"{r.name}_pairs_per_cpu_s"] / args.batch_size
                 out[f"{r.name}_peak_fraction_cpu_time"] = (flops * steps_per_cpu_s
                                                            / (out["measured_matmul_gflops_per_cpu_s"] * 1e9))
-    out["ratio"] = out["clipedu_pairs_per_s"] / out["open_clip_pairs_per_s"]
+    out["ratio"] = out["clipedu_pairs_per_s"] / out[f"{twin_name}_pairs_per_s"]
     if device.type == "cpu":
-        out["cpu_time_ratio"] = out["clipedu_pairs_per_cpu_s"] / out["open_clip_pairs_per_cpu_s"]
+        out["cpu_time_ratio"] = out["clipedu_pairs_per_cpu_s"] / out[f"{twin_name}_pairs_per_cpu_s"]
     return out
 
 
@@ -236,6 +267,8 @@ def main(argv=None):
         torch.backends.cudnn.allow_tf32 = True
     cfg = clipedu.get_preset(args.preset)
     cfg = shrink(cfg) if args.shrink else cfg
+    if args.user_path and cfg.text.arch == "bert":
+        raise SystemExit("--user-path 只用于内置中文字符分词器的预设；cn-clip-* 预设用随机词元批")
     name = args.preset + ("-shrunk" if args.shrink else "") + ("-user-path" if args.user_path else "")
     print("机器：" + json.dumps(machine_info(), ensure_ascii=False), flush=True)
     results = []
@@ -244,22 +277,23 @@ def main(argv=None):
         r.update(preset=name, device=str(device), threads=torch.get_num_threads(), compile=args.compile,
                  channels_last=args.channels_last, machine=machine_info())
         results.append(r)
+        o = r["twin"]
         line = (f"{name:18s} {precision:5s} B={args.batch_size:<4d} clipedu {r['clipedu_pairs_per_s']:9.1f} pairs/s"
-                f" | open_clip {r['open_clip_pairs_per_s']:9.1f} pairs/s | ratio {r['ratio']:.3f}")
+                f" | {o} {r[o + '_pairs_per_s']:9.1f} pairs/s | ratio {r['ratio']:.3f}")
         if "cpu_time_ratio" in r:
-            line += (f" || per CPU-second {r['clipedu_pairs_per_cpu_s']:.1f} vs {r['open_clip_pairs_per_cpu_s']:.1f}"
+            line += (f" || per CPU-second {r['clipedu_pairs_per_cpu_s']:.1f} vs {r[o + '_pairs_per_cpu_s']:.1f}"
                      f", ratio {r['cpu_time_ratio']:.3f}")
         if "clipedu_mfu" in r:
             what = "of measured matmul peak" if device.type == "cpu" else "MFU"
-            line += f" | {what} {r['clipedu_mfu']:.1%} vs {r['open_clip_mfu']:.1%}"
+            line += f" | {what} {r['clipedu_mfu']:.1%} vs {r[o + '_mfu']:.1%}"
         if "measured_matmul_peak_gflops" in r:
             line += (f" (peak {r['measured_matmul_peak_gflops']:.0f} GFLOP/s) | by CPU time "
-                     f"{r['clipedu_peak_fraction_cpu_time']:.1%} vs {r['open_clip_peak_fraction_cpu_time']:.1%}"
+                     f"{r['clipedu_peak_fraction_cpu_time']:.1%} vs {r[o + '_peak_fraction_cpu_time']:.1%}"
                      f" (of {r['measured_matmul_gflops_per_cpu_s']:.0f} GFLOP/CPU·s)")
         if args.user_path:
-            line += f" | text len {r['text_len']['clipedu']} vs {r['text_len']['open_clip']}"
+            line += f" | text len {r['text_len']['clipedu']} vs {r['text_len'][o]}"
         if "clipedu_peak_mem_gib" in r:
-            line += f" | peak {r['clipedu_peak_mem_gib']:.2f} vs {r['open_clip_peak_mem_gib']:.2f} GiB"
+            line += f" | peak {r['clipedu_peak_mem_gib']:.2f} vs {r[o + '_peak_mem_gib']:.2f} GiB"
         print(line, flush=True)
     if args.json:
         with open(args.json, "w") as f:

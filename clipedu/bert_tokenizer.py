@@ -20,11 +20,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import unicodedata
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
-import torch
-
-from .tokenizer import check_context_length
+# torch 只在返回张量时才导入：ONNX 服务（sec-service）用下面的纯 Python
+# 函数分词，不需要 torch
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_CONTEXT_LENGTH = 52  # Chinese-CLIP 所有发布模型的文本长度
 MAX_CHARS_PER_WORD = 200      # 比这更长的“词”（如一长串无空格的字母）直接记作 [UNK]
@@ -191,6 +192,8 @@ class BertChineseTokenizer:
 
     @staticmethod
     def _check_context_length(context_length: int) -> int:
+        from .tokenizer import check_context_length
+
         return check_context_length(context_length, "[CLS]", "[SEP]")
 
     def tokenize(self, text: str) -> list[str]:
@@ -232,6 +235,8 @@ class BertChineseTokenizer:
                             f"实际为 {type(texts).__name__}")
         if context_length is None:
             context_length = self.context_length
+        import torch
+
         L = self._check_context_length(context_length)
         out = torch.full((len(texts), L), self.pad_id, dtype=torch.long)
         for b, text in enumerate(texts):

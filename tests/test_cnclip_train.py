@@ -1,5 +1,7 @@
 """用本书的训练引擎微调 Chinese-CLIP：--init-from、保留 BERT 分词器、续训、评估（见第 6 章 sec-cnclip）。"""
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -92,3 +94,36 @@ def test_cli_finetune_resume_and_eval_chinese_clip(cn_ckpt, tmp_path, capsys):
                  "--json", "--device", "cpu"]) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0.0 <= metrics["zero_shot_top1"] <= 1.0
+
+
+@pytest.mark.slow
+def test_torchrun_two_process_finetune_resumes_exactly(cn_ckpt, tmp_path):
+    """真的用 torchrun（gloo，2 个进程）跑命令行的 Chinese-CLIP 微调：BERT 文本塔、cn-clip 数据、保存与续训。
+
+    BERT 有 dropout、两个进程的随机数不同，所以不与单进程比；比的是“从第 2 步续训”与“一口气跑完”逐位相同，
+    这要求两个进程的随机数状态都存进了检查点、又都恢复了。"""
+    data = _write_data(tmp_path / "data")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    common = ["--init-from", str(cn_ckpt), "--dataset", "cn-clip", "--data-path", str(data), "--steps", "3",
+              "--batch-size", "4", "--lr", "1e-3", "--warmup-steps", "1", "--eval-size", "0",
+              "--device", "cpu", "--no-progress"]
+    a, b = tmp_path / "a", tmp_path / "b"
+
+    def torchrun(*args):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "clipedu", "train", *common, *args]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    torchrun("--out", str(a), "--save-every", "1", "--keep-last", "5")
+    torchrun("--out", str(b), "--resume", str(a / "ckpt_step2.pt"))
+    full, resumed = (torch.load(p / "last.pt", weights_only=True) for p in (a, b))
+    assert full["train_state"]["world_size"] == resumed["train_state"]["world_size"] == 2
+    assert len(full["train_state"]["rng"]) == 2 and full["tokenizer"]["type"] == "BertChineseTokenizer"
+    assert json.loads((a / "metrics.json").read_text())["world_size"] == 2
+    for key, value in full["model"].items():          # 没有 module. 前缀：存的是未包装的模型
+        assert torch.equal(resumed["model"][key], value), key
+    init = torch.load(cn_ckpt, weights_only=True)["state_dict"]
+    assert not torch.equal(full["model"]["bert.encoder.layer.0.output.dense.weight"],
+                           init["module.bert.encoder.layer.0.output.dense.weight"])

@@ -1,4 +1,5 @@
-"""clipedu export：ONNX 与 PyTorch 的输出差 ≤ 1e-4（ViT 与 ResNet，动态批大小），serve --backend onnx 不导入 torch。"""
+"""clipedu export：ONNX 与 PyTorch 的输出差 ≤ 1e-4（ViT 与 ResNet 图像塔、因果与 BERT 文本塔，动态批大小），
+serve --backend onnx 不导入 torch。"""
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ import pytest
 from serve_fixtures import free_port, save_random_checkpoint, write_shapes_gallery
 
 from clipedu.config import CLIPConfig, TextConfig, VisionConfig
-from clipedu.search.encoders import OnnxEncoder, load_encoder
+from clipedu.search.encoders import OnnxEncoder, WordPieceTokenizer, load_encoder
 from clipedu.search.export import export_onnx
 from clipedu.search.index import build_index, load_index
 
@@ -45,6 +46,33 @@ def test_onnx_matches_pytorch_with_dynamic_batch(tmp_path, config):
         np.testing.assert_allclose(onnx_enc.encode_texts(texts[:B]), torch_enc.encode_texts(texts[:B]), atol=1e-4, rtol=0)
 
 
+def save_cnclip_checkpoint(path: Path) -> Path:
+    """随机权重的小 Chinese-CLIP（ViT + 2 层 BERT），按发布的 clip_cn_*.pt 的布局存盘。"""
+    import torch
+    from test_cnclip_model import VIT, cn_model, save_layout
+
+    torch.manual_seed(0)
+    return save_layout(cn_model(VIT, 2), "training", path)
+
+
+BERT_TEXTS = ["红色的圆形", "a dog running on the grass 在草地上奔跑", "红色的汽车停在路边。" * 8, "",
+              "😀 emoji ＡＢＣ１２３", "Café naïve résumé", "零\u200b宽\x07控制", "unaffable ##x [UNK]"]
+
+
+@pytest.mark.slow
+def test_bert_text_tower_onnx_matches_pytorch(tmp_path):
+    """Chinese-CLIP 的 BERT 文本塔（[PAD] 掩码、[CLS] 池化）导出后与 PyTorch 一致；ONNX 端的 numpy 分词器 id 相同。"""
+    ckpt = save_cnclip_checkpoint(tmp_path / "clip_cn_tiny.pt")
+    result = export_onnx(ckpt, tmp_path / "onnx", log=lambda *a: None)
+    assert result["image_max_abs_diff"] <= 1e-4 and result["text_max_abs_diff"] <= 1e-4
+    torch_enc, onnx_enc = load_encoder(ckpt), OnnxEncoder(tmp_path / "onnx")
+    assert isinstance(onnx_enc.tokenizer, WordPieceTokenizer) and onnx_enc.fingerprint == torch_enc.fingerprint
+    np.testing.assert_array_equal(onnx_enc.tokenizer(BERT_TEXTS), torch_enc.tokenizer(BERT_TEXTS).numpy())
+    for B in (1, 3, len(BERT_TEXTS)):  # 导出时的示例批大小是 2；TorchEncoder 截掉尾部 [PAD]，ONNX 用满长 52
+        np.testing.assert_allclose(onnx_enc.encode_texts(BERT_TEXTS[:B]), torch_enc.encode_texts(BERT_TEXTS[:B]),
+                                   atol=1e-4, rtol=0)
+
+
 def test_export_cli_rejects_unknown_format(tmp_path):
     from clipedu.cli import main
 
@@ -54,9 +82,13 @@ def test_export_cli_rejects_unknown_format(tmp_path):
 
 
 @pytest.mark.slow
-def test_serve_onnx_backend_runs_without_torch(tmp_path):
-    """用 PyTorch 建的索引，ONNX 后端提供服务：结果相同，进程里没有 torch。"""
-    ckpt = save_random_checkpoint(tmp_path / "m.pt")
+@pytest.mark.parametrize("model", ["tiny-cpu", "cn-clip"])
+def test_serve_onnx_backend_runs_without_torch(tmp_path, model):
+    """用 PyTorch 建的索引，ONNX 后端提供服务：结果相同，进程里没有 torch（BERT 分词器也是纯 Python）。"""
+    if model == "cn-clip":
+        ckpt = save_cnclip_checkpoint(tmp_path / "clip_cn_tiny.pt")
+    else:
+        ckpt = save_random_checkpoint(tmp_path / "m.pt")
     write_shapes_gallery(tmp_path / "images", 30)
     encoder = load_encoder(ckpt)
     build_index(encoder, tmp_path / "images", tmp_path / "idx", progress=False, log=lambda *a: None)

@@ -155,9 +155,9 @@ def test_english_tokenizer():
     assert t.shape == (1, 77) and t[0, 0].item() == 49406 and t.max().item() == 49407
 
 
-@pytest.mark.parametrize("preset", ["tiny-cpu", "rn50", "vit-b-32"])
+@pytest.mark.parametrize("preset", ["tiny-cpu", "rn50", "vit-b-32", "cn-clip-rn50", "cn-clip-vit-b-16"])
 def test_benchmark_twin_has_identical_parameters(preset):
-    """吞吐基准里的 open_clip 对照模型与 clipedu 模型参数逐一同名同形（比较才公平）。"""
+    """吞吐基准里的对照模型（open_clip；BERT 文本塔对 cn_clip）与 clipedu 模型参数逐一同名同形（比较才公平）。"""
     import importlib.util
     import pathlib
     path = pathlib.Path(__file__).parents[1] / "benchmarks" / "train_throughput.py"
@@ -168,7 +168,7 @@ def test_benchmark_twin_has_identical_parameters(preset):
     cfg = bench.shrink(cfg) if preset != "tiny-cpu" else cfg
     with torch.device("meta"):
         ours = {k: v.shape for k, v in clipedu.create_model(cfg).state_dict().items()}
-        theirs = {k: v.shape for k, v in bench.open_clip_twin(cfg).state_dict().items()}
+        theirs = {k: v.shape for k, v in bench.twin(cfg)[1].state_dict().items()}
     assert ours == theirs
 
 

@@ -29,6 +29,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--throttle", type=float, default=0.0, help="每块之后暂停的秒数（给共享机器让出 CPU）")
     p.add_argument("--strict", action="store_true", help="遇到第一张坏图就报错，而不是跳过并计数")
     p.add_argument("--no-progress", action="store_true", help="不显示进度条")
+    p.add_argument("--approx", default=None, help="再建一个 FAISS 近似索引：flat | ivf | hnsw（需要 faiss-cpu）")
+    p.add_argument("--approx-param", type=int, default=None, help="默认查询参数：ivf 的 nprobe、hnsw 的 efSearch")
     p.set_defaults(func=_cmd_index)
 
     p = sub.add_parser("serve", help="以文搜图网页与 JSON 接口（默认只在本机 127.0.0.1）")
@@ -40,6 +42,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--port", type=int, default=8000, help="端口")
     p.add_argument("--threads", type=int, default=None, help="编码线程数")
     p.add_argument("--max-upload-mb", type=float, default=8.0, help="上传图像的大小上限（MB）")
+    p.add_argument("--approx", action="store_true", help="用 index --approx 建好的近似索引检索（默认精确检索）")
+    p.add_argument("--approx-param", type=int, default=None, help="覆盖近似索引的查询参数（nprobe / efSearch）")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("export", help="把图像与文本编码器导出为 ONNX（动态批大小）")
@@ -62,6 +66,14 @@ def _cmd_index(args: argparse.Namespace) -> int:
     print(f"索引共 {report.count} 张：新算 {report.embedded}，保留 {report.kept}，移除 {report.removed}；"
           f"复用已完成的块 {report.chunks_reused}/{report.chunks_total}；跳过的坏文件：{skipped}；"
           f"用时 {report.seconds:.1f} 秒 → {args.out}")
+    if args.approx:
+        from .approx import approx_is_current, build_approx
+
+        if approx_is_current(args.out, args.approx, args.approx_param):
+            print(f"近似索引 {args.approx} 已是最新，不重建")
+        else:
+            meta = build_approx(args.out, args.approx, args.approx_param, threads=args.threads)
+            print(f"近似索引 {meta['kind']}（查询参数 {meta['param']}）：{meta['count']} 个向量 → {args.out}")
     return 0
 
 
@@ -75,6 +87,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         index.root = Path(args.images).resolve()
     if not index.root.is_dir():
         raise FileNotFoundError(f"图片文件夹 {index.root} 不存在；搬了家请用 --images 指出新位置 / image folder not found")
+    if args.approx:
+        from .approx import load_approx
+
+        index = load_approx(index, args.index, args.approx_param, args.threads)
     encoder = load_encoder(args.checkpoint, args.backend, args.threads)
     app = create_app(index, encoder, Limits(max_upload_bytes=int(args.max_upload_mb * 2**20)))
     run_server(app, args.host, args.port)

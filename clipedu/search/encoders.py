@@ -131,10 +131,36 @@ class CharTokenizer:
         return out
 
 
+class WordPieceTokenizer:
+    """``BertChineseTokenizer`` 的 numpy 版（Chinese-CLIP 的 BERT 文本塔用），不导入 torch。
+
+    分词本身调用 ``clipedu.bert_tokenizer`` 的纯 Python 函数，这里只做 ``[CLS] … [SEP] [PAD]``
+    的拼接；测试检查两者对同一批文本给出同样的 id。"""
+
+    def __init__(self, vocab: list[str], context_length: int, lower_case: bool = True):
+        self.context_length, self.lower_case = int(context_length), bool(lower_case)
+        self.token_to_id = {t: i for i, t in enumerate(vocab)}
+        self.pad, self.cls, self.sep = (self.token_to_id[t] for t in ("[PAD]", "[CLS]", "[SEP]"))
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        from ..bert_tokenizer import basic_tokenize, wordpiece
+
+        L = self.context_length
+        out = np.full((len(texts), L), self.pad, dtype=np.int64)
+        for b, text in enumerate(texts):
+            body = [self.token_to_id[p] for w in basic_tokenize(text, self.lower_case)
+                    for p in wordpiece(w, self.token_to_id)]
+            ids = [self.cls] + body[: L - 2] + [self.sep]
+            out[b, : len(ids)] = ids
+        return out
+
+
 def tokenizer_from_state(state: dict):
     """导出目录里记下的分词器状态 → 可调用的分词器（返回 numpy int64 [B, L]）。"""
     if state.get("type") == "ChineseTokenizer":
         return CharTokenizer(state["vocab"], state["context_length"])
+    if state.get("type") == "BertChineseTokenizer":
+        return WordPieceTokenizer(state["vocab"], state["context_length"], state.get("lower_case", True))
     if state.get("type") == "open_clip_bpe":  # 英文 BPE 分词器来自 open_clip（它会导入 torch）
         from ..pretrained import english_tokenizer
 
@@ -160,6 +186,9 @@ class OnnxEncoder:
             )
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         opts = ort.SessionOptions()
+        # 算完一批后工作线程不空转等活：与 PyTorch 的 OMP_WAIT_POLICY=PASSIVE 同理，共享的 2 核机器上
+        # 空转的线程会抢走检索与 HTTP 处理的 CPU（见 benchmarks/results/serve.md）
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1

@@ -6,6 +6,8 @@
     embeddings-<代>.npy       [N, D] 的 L2 归一化图像向量（float16 或 float32）
     items-<代>.jsonl          每行一张图：{"path": 相对路径, "size": 字节数, "mtime_ns": 修改时间}
 
+（``index --approx`` 另在同一目录里写 ``approx.faiss`` 与 ``approx.json``，见 ``approx.py``。）
+
 每次建成都用一个新的“代”号写出两个数据文件，最后原子地替换 ``index.json`` 指向它们，
 再删掉旧代。所以任何时刻被中断，``index.json`` 要么指向完整的旧索引、要么指向完整的新索引。
 读取时核对 SHA-256 与形状，被改坏的文件一律拒绝加载。
@@ -15,6 +17,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -55,7 +58,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, write: Callable) -> None:
+def atomic_write(path: Path, write: Callable) -> None:
     """写临时文件、fsync、rename：目标文件要么是旧内容，要么是完整的新内容。"""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -69,12 +72,12 @@ def _atomic_write(path: Path, write: Callable) -> None:
         raise
 
 
-def _write_json(path: Path, obj) -> None:
-    _atomic_write(path, lambda f: f.write(json.dumps(obj, ensure_ascii=False, indent=1).encode("utf-8")))
+def write_json(path: Path, obj) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(obj, ensure_ascii=False, indent=1).encode("utf-8")))
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
-    _atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+    atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
 
 
 # ---------------------------------------------------------------- 扫描
@@ -107,6 +110,26 @@ def scan_images(root: Path, exclude: Optional[Path] = None) -> tuple[list[dict],
 
 
 # ---------------------------------------------------------------- 读取与检索
+_BLAS = None  # threadpoolctl 的控制器：第一次检索时建（它要扫一遍已载入的动态库）
+
+
+def one_blas_thread():
+    """让 numpy 的 BLAS 在这段代码里只用 1 个线程（没装 threadpoolctl 时什么也不做）。
+
+    一条查询乘 N 个向量是受内存带宽限制的矩阵-向量乘，多线程几乎不快；而 OpenBLAS 的工作线程
+    算完后会空转等活，在被别的进程占满的 2 核机器上，N = 1 万时一条查询从 0.24 ms 变成 22 ms
+    （见 benchmarks/results/serve.md）。"""
+    global _BLAS
+    try:
+        if _BLAS is None:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS = ThreadpoolController()
+        return _BLAS.limit(limits=1, user_api="blas")
+    except ImportError:
+        return contextlib.nullcontext()
+
+
 @dataclass
 class ImageIndex:
     """载入内存的索引。``search`` 是分块的矩阵乘法加 argpartition：精确的 top-k。"""
@@ -115,7 +138,8 @@ class ImageIndex:
     embeddings: np.ndarray     # [N, D]，float16 或 float32，已 L2 归一化
     items: list[dict]          # N 条 {"path", "size", "mtime_ns"}
     meta: dict = field(default_factory=dict)
-    block_rows: int = 65536    # 每次与查询相乘的行数：float16 存储时只在这一块上临时转成 float32
+    block_rows: int = 65536    # 每次与查询相乘的行数：限制 (Q, rows) 分数矩阵的大小
+    _f32: Optional[np.ndarray] = field(default=None, init=False, repr=False)  # 检索用的 float32 副本
 
     def __len__(self) -> int:
         return len(self.items)
@@ -124,6 +148,16 @@ class ImageIndex:
     def dim(self) -> int:
         return int(self.embeddings.shape[1])
 
+    def matrix(self) -> np.ndarray:
+        """检索用的 float32 矩阵 [N, D]。
+
+        float16 存储时第一次检索转换一次并留在内存里（内存翻倍）：numpy 没有 float16
+        矩阵乘法，而每条查询都重新转换一遍，转换比乘法本身慢约 8 倍（见
+        benchmarks/results/serve.md）。"""
+        if self._f32 is None:
+            self._f32 = np.ascontiguousarray(self.embeddings, dtype=np.float32)
+        return self._f32
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """queries [Q, D]（已归一化）→ (分数 [Q, k'], 下标 [Q, k'])，按分数降序，k' = min(k, N)。"""
         queries = np.asarray(queries, dtype=np.float32)
@@ -131,9 +165,11 @@ class ImageIndex:
         k = min(int(k), N)
         best_s = np.full((Q, 0), -np.inf, dtype=np.float32)
         best_i = np.zeros((Q, 0), dtype=np.int64)
+        matrix = self.matrix()
         for start in range(0, N, self.block_rows):
-            block = self.embeddings[start:start + self.block_rows].astype(np.float32, copy=False)
-            scores = queries @ block.T                                   # (Q, rows)
+            block = matrix[start:start + self.block_rows]
+            with one_blas_thread():
+                scores = queries @ block.T                               # (Q, rows)
             s = np.concatenate([best_s, scores], axis=1)
             i = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + len(block)), scores.shape)], axis=1)
             if s.shape[1] > k:
@@ -306,7 +342,7 @@ def build_index(encoder, images: str | os.PathLike, out: str | os.PathLike, *, c
             good, vecs, bad = _embed_chunk(encoder, root, chunk, settings, strict, batch_size)
             done = good, vecs.astype(dtype), bad
             _write_npy(partial / f"chunk-{key}.npy", done[1])
-            _write_json(partial / f"chunk-{key}.json", {"entries": good, "skipped": bad})  # 最后写：完成标记
+            write_json(partial / f"chunk-{key}.json", {"entries": good, "skipped": bad})  # 最后写：完成标记
             if throttle > 0:
                 time.sleep(throttle)
         good, vecs, bad = done
@@ -334,7 +370,7 @@ def _commit(out: Path, root: Path, items: list[dict], matrix: np.ndarray, encode
     emb_name, items_name = f"embeddings-{gen}.npy", f"items-{gen}.jsonl"
     _write_npy(out / emb_name, matrix)
     lines = "".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items)
-    _atomic_write(out / items_name, lambda f: f.write(lines.encode("utf-8")))
+    atomic_write(out / items_name, lambda f: f.write(lines.encode("utf-8")))
     meta = {
         "format": FORMAT, "version": VERSION, "root": str(root), "count": len(items),
         "dim": int(matrix.shape[1]), "dtype": str(matrix.dtype), "model_sha256": encoder.fingerprint,
@@ -343,7 +379,7 @@ def _commit(out: Path, root: Path, items: list[dict], matrix: np.ndarray, encode
         "items": {"file": items_name, "sha256": _sha256(out / items_name)},
         "last_build": report.to_dict(),
     }
-    _write_json(out / META, meta)
+    write_json(out / META, meta)
     keep = {emb_name, items_name}
     for p in list(out.glob("embeddings-*.npy")) + list(out.glob("items-*.jsonl")):
         if p.name not in keep:
