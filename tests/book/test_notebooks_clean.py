@@ -93,3 +93,14 @@ def test_transparent_figure_checker_and_extract(tmp_path):
     assert check.main(["--extract", str(figs), str(tmp_path / "opaque.ipynb")]) == 0
     assert [p.name for p in figs.iterdir()] == ["opaque__cell00_0.png"]
     assert check.main([str(tmp_path / "clear.ipynb")]) == 1
+
+
+def test_cell_sources_are_one_line_per_element():
+    """单元格源码按行存（每个元素恰好一行），git diff 才是逐行的，宽度检查也按行量。"""
+    problems = []
+    for path in _notebooks():
+        for i, cell in enumerate(json.loads(path.read_text(encoding="utf-8"))["cells"]):
+            src = cell["source"] if isinstance(cell["source"], list) else [cell["source"]]
+            if any("\n" in line[:-1] for line in src):
+                problems.append(f"{path.name} 第 {i} 个单元格")
+    assert not problems, "这些单元格的源码里有一个元素包含多行：\n" + "\n".join(problems)
