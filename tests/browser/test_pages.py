@@ -22,6 +22,14 @@ DESKTOP, PHONE = 1280, 390
 SHOTS = SCREENSHOT_DIR / "layout"
 
 
+def _open_page(browser, site, doc, width):
+    """打开一页、等排版完成；返回 (context, page, report)。"""
+    context, page, report = open_guarded(browser, width)
+    page.goto(f"{site.url}/{doc}.html", wait_until="load")
+    page.evaluate(SETTLE_JS)
+    return context, page, report
+
+
 def _shot(page, doc, width, mode):
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{doc.replace('/', '__')}__{width}_{mode}.png"), full_page=True)
@@ -74,10 +82,8 @@ def test_toc_pages_were_built():
 @pytest.mark.parametrize("doc", PAGES)
 def test_page_desktop(doc, browser, site):
     """1280 px：排版、离线、代码不横向滚动；浅色与深色整页截图。"""
-    context, page, report = open_guarded(browser, DESKTOP)
+    context, page, report = _open_page(browser, site, doc, DESKTOP)
     try:
-        page.goto(f"{site.url}/{doc}.html", wait_until="load")
-        page.evaluate(SETTLE_JS)
         problems = _check_rendered(page, doc)
         _shot(page, doc, DESKTOP, "light")   # 展开答案之前，和读者第一次看到的一样
         wide = page.evaluate(WIDE_BLOCKS_JS)
@@ -103,10 +109,8 @@ def test_page_desktop(doc, browser, site):
 @pytest.mark.parametrize("doc", PAGES)
 def test_page_phone(doc, browser, site):
     """390 px：页面不横向滚动，宽公式与宽表格在自己的框里滚动，图片缩到屏幕以内；浅色与深色截图。"""
-    context, page, report = open_guarded(browser, PHONE)
+    context, page, _ = _open_page(browser, site, doc, PHONE)
     try:
-        page.goto(f"{site.url}/{doc}.html", wait_until="load")
-        page.evaluate(SETTLE_JS)
         _shot(page, doc, PHONE, "light")
         esc = page.evaluate(ESCAPING_JS)
         assert esc["scroll"] <= esc["vw"], f"{doc}: 390 px 下整页横向滚动：{esc}"
