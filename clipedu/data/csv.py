@@ -22,7 +22,8 @@ MAX_ROW_BYTES = 2**20  # 一行（图像路径 + 文本）的上限；更长的�
 def separator_for(path: str, sep: Optional[str] = None) -> str:
     """扩展名决定分隔符：.tsv → 制表符，其余（.csv）→ 逗号；``sep`` 显式给出时优先。"""
     if sep is not None:
-        return sep
+        from ..config import check_separator
+        return check_separator(sep)
     return "\t" if path.lower().endswith((".tsv", ".tsv.txt")) else ","
 
 

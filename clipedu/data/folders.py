@@ -15,6 +15,7 @@ from typing import Callable, Optional
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from ..outdir import require_dir
 from .robust import BadSample, RobustDataset, decode_image, open_regular
 
 CIFAR10_CLASSNAMES_ZH = ["飞机", "汽车", "鸟", "猫", "鹿", "狗", "青蛙", "马", "船", "卡车"]
@@ -85,7 +86,7 @@ def _load_cifar_pickle(path: str) -> dict:
     except BadSample as e:
         raise ValueError(f"{path} {e.detail}；请重新下载 CIFAR / invalid CIFAR file") from None
     except Exception as e:  # noqa: BLE001  截断或乱码的 pickle 会抛各种异常
-        raise ValueError(f"{path} 已损坏或不是 CIFAR 的 python 版批文件（{type(e).__name__}: {e}）/ corrupt CIFAR file") from None
+        raise ValueError(f"{path} 已损坏或不是 CIFAR 的 python 版批文件（{type(e).__name__}: {e}） / corrupt CIFAR file") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path} 应为 dict，实际为 {type(obj).__name__} / invalid CIFAR file")
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
@@ -259,9 +260,7 @@ class ImageFolderZh(RobustDataset):
     def __init__(self, root: str, transform: Optional[Callable] = None, classnames: Optional[dict] = None,
                  strict: bool = False, max_bad_fraction: float = 0.01):
         super().__init__(strict, max_bad_fraction)
-        root = os.path.abspath(os.path.expanduser(root))
-        if not os.path.isdir(root):
-            raise FileNotFoundError(f"找不到目录 {root}；ImageFolder 应为 root/类别名/图像文件 的布局")
+        root = os.path.abspath(require_dir(root, "ImageFolder 目录（root/类别名/图像文件）", "--root"))
         self.folders, self.samples, skipped = scan_image_folder(root)
         if not self.folders:
             raise FileNotFoundError(f"{root} 下没有类别子文件夹；应为 root/类别名/图像文件 的布局 / no class folders")
