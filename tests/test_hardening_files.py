@@ -167,3 +167,24 @@ def test_fifos_inside_out_never_block_a_resume(tmp_path, capsys):
     rc, _, err = cli(capsys, *TRAIN, "--out", out, "--resume", "latest")
     assert "ckpt_step1.pt" in err and "skipping unreadable checkpoint" in err
     assert rc == 2 and "log.jsonl" in one_clear_line(err) and "not a regular file" in err
+
+
+def test_shard_pattern_expanding_to_millions_is_refused_lazily(tmp_path, capsys, monkeypatch):
+    """``{0..999999999}``：webdataset 的 braceexpand 先把 10 亿个名字放进列表，内存耗尽前一直无声无息。"""
+    import clipedu.data.wds as wds_mod
+    monkeypatch.setattr(wds_mod, "MAX_SHARDS", 1000)  # 上限本是 100 万；调小只为测得快
+    rc, _, err = cli(capsys, *TRAIN, "--out", tmp_path / "r", "--dataset", "wds",
+                     "--data-path", str(tmp_path / "s-{000000000..999999999}.tar"))
+    assert rc == 2 and "too many shards" in one_clear_line(err)
+    assert list(wds_mod.expand_braces("d/{a,b}/s-{08..10}.tar")) == [
+        "d/a/s-08.tar", "d/a/s-09.tar", "d/a/s-10.tar", "d/b/s-08.tar", "d/b/s-09.tar", "d/b/s-10.tar"]
+
+
+def test_garbled_cifar_file_is_corrupt_not_an_attack(tmp_path, capsys, ckpt):
+    """乱码的 batches.meta 以前被说成 “拒绝加载：文件要求执行 invalid load key”（恶意载荷的说法）。"""
+    from realdata_fixtures import write_fake_cifar
+    write_fake_cifar(tmp_path, 10)
+    (tmp_path / "cifar-10-batches-py" / "batches.meta").write_bytes(b"x" + os.urandom(100))
+    rc, _, err = cli(capsys, "eval", "--checkpoint", ckpt, "--dataset", "cifar10", "--root", tmp_path)
+    line = one_clear_line(err)
+    assert rc == 1 and "corrupt CIFAR file" in line and "batches.meta" in line and "unsafe" not in line

@@ -15,6 +15,7 @@ from typing import Callable, Optional
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from ..errors import CorruptFileError
 from ..outdir import require_dir
 from .robust import BadSample, RobustDataset, decode_image, open_regular
 
@@ -71,7 +72,11 @@ class _CifarUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"global {module}.{name}")
+        raise _RefusedGlobal(f"global {module}.{name}")
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    """文件要求一个不许可的全局名字（恶意载荷的样子）；乱码、截断的 pickle 抛的是别的 UnpicklingError。"""
 
 
 def _load_cifar_pickle(path: str) -> dict:
@@ -79,14 +84,15 @@ def _load_cifar_pickle(path: str) -> dict:
     try:
         with open_regular(path, _CIFAR_MAX_BYTES) as f:
             obj = _CifarUnpickler(f, encoding="latin1").load()
-    except pickle.UnpicklingError as e:
+    except _RefusedGlobal as e:
         raise ValueError(
             f"拒绝加载 {path}：文件要求执行 {str(e).removeprefix('global ')}，这不是 CIFAR 数据（只含数组、列表与字符串），"
             "没有执行任何代码。请从官方地址重新下载解压 / refused unsafe pickle") from None
     except BadSample as e:
         raise ValueError(f"{path} {e.detail}；请重新下载 CIFAR / invalid CIFAR file") from None
     except Exception as e:  # noqa: BLE001  截断或乱码的 pickle 会抛各种异常
-        raise ValueError(f"{path} 已损坏或不是 CIFAR 的 python 版批文件（{type(e).__name__}: {e}） / corrupt CIFAR file") from None
+        raise CorruptFileError(f"{path} 已损坏或不是 CIFAR 的 python 版批文件（{type(e).__name__}: {e}）；"
+                               "请重新下载解压 / corrupt CIFAR file") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path} 应为 dict，实际为 {type(obj).__name__} / invalid CIFAR file")
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}

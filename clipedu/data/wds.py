@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import functools
 import glob
+import itertools
 import os
 import random
+import re
 import tarfile
 import zlib
 from typing import Callable, NamedTuple, Optional
@@ -21,6 +23,7 @@ from typing import Callable, NamedTuple, Optional
 import webdataset as wds
 from torch.utils.data import IterableDataset
 
+from ..errors import UsageError
 from .robust import (MAX_IMAGE_BYTES, BadSample, BadSampleCounter, BadSampleError, Sample, clean_caption,
                      decode_image, decode_line, open_regular, strict_error)
 
@@ -66,6 +69,55 @@ def tar_members(src, on_error: Callable[[BadSample], None], max_bytes: Optional[
         yield {}
 
 
+MAX_SHARDS = 1_000_000  # 一个分片说明最多展开成这么多个文件（LAION-5B 按 1 万一片约 50 万片）
+_RANGE = re.compile(r"^([0-9]+|[A-Za-z])\.\.([0-9]+|[A-Za-z])(?:\.\.([0-9]+))?$")
+
+
+def expand_braces(pattern: str):
+    """``shard-{000000..000009}.tar``、``{a,b}``（可嵌套）按 bash 的规则逐个产出，惰性展开。
+
+    ``braceexpand``（webdataset 用的）先把全部结果放进列表：``{0..999999999}`` 会先吃光内存。
+    这里是生成器，调用方数到上限就停。数字范围有前导零时补齐到相同宽度。
+    """
+    depth, start = 0, None
+    for i, ch in enumerate(pattern):
+        if ch == "{":
+            depth, start = depth + 1, i if depth == 0 else start
+        elif ch == "}" and depth:
+            depth -= 1
+            if depth == 0:
+                yield from _expand_group(pattern[:start], pattern[start + 1:i], pattern[i + 1:])
+                return
+    yield pattern
+
+
+def _expand_group(prefix: str, body: str, suffix: str):
+    m = _RANGE.match(body)
+    if m:
+        a, b, step = m.group(1), m.group(2), int(m.group(3) or 1) or 1
+        if a.isdigit() != b.isdigit():  # “{1..a}” 不是范围，保留字面
+            yield from (prefix + "{" + body + "}" + rest for rest in expand_braces(suffix))
+            return
+        lo, hi = (int(a), int(b)) if a.isdigit() else (ord(a), ord(b))
+        padded = a.isdigit() and any(len(x) > 1 and x[0] == "0" for x in (a, b))
+        width = max(len(a), len(b)) if padded else 0
+        for v in range(lo, hi + 1, step) if lo <= hi else range(lo, hi - 1, -step):
+            yield from expand_braces(prefix + (str(v).zfill(width) if a.isdigit() else chr(v)) + suffix)
+        return
+    parts, depth, last = [], 0, 0
+    for i, ch in enumerate(body):  # 只在最外层的逗号处切开
+        depth += (ch == "{") - (ch == "}")
+        if ch == "," and depth == 0:
+            parts.append(body[last:i])
+            last = i + 1
+    parts.append(body[last:])
+    if len(parts) == 1:  # “{x}” 不是花括号展开，保留字面
+        yield from (prefix + "{" + body + "}" + rest for rest in expand_braces(suffix))
+        return
+    for part in parts:
+        yield from expand_braces(prefix + part + suffix)
+
+
 def expand_shards(spec) -> list[str]:
     """分片说明 → 本地 tar 文件列表：目录、花括号模式 ``shard-{000000..000009}.tar``、
     ``::`` 连接的多个模式，或它们组成的列表。只接受普通文件（FIFO、设备会让读取永远阻塞）。"""
@@ -77,7 +129,10 @@ def expand_shards(spec) -> list[str]:
         if not urls:
             raise FileNotFoundError(f"目录 {spec} 里没有 .tar 分片；请先用 python -m clipedu data shard 生成")
     else:
-        urls = wds.shardlists.expand_urls(spec)
+        urls = list(itertools.islice((u for part in spec.split("::") for u in expand_braces(part)), MAX_SHARDS + 1))
+        if len(urls) > MAX_SHARDS:
+            raise UsageError(f"分片说明 {spec!r} 展开后超过 {MAX_SHARDS} 个文件；请检查花括号范围 "
+                             "/ too many shards")
     missing = [u for u in urls if not os.path.exists(u)]
     if missing:
         raise FileNotFoundError(f"找不到分片 {missing[:3]}{' 等' if len(missing) > 3 else ''}"
@@ -214,5 +269,5 @@ def build_wds_dataset(shards, transform: Optional[Callable] = None, seed: int = 
     return wds.DataPipeline(*stages)
 
 
-__all__ = ["IMAGE_EXTS", "FORMAT_EXT", "MAX_CONSECUTIVE_BAD", "MAX_MEMBER_BYTES", "ShardList", "RobustDecode",
+__all__ = ["IMAGE_EXTS", "FORMAT_EXT", "MAX_CONSECUTIVE_BAD", "MAX_MEMBER_BYTES", "MAX_SHARDS", "expand_braces", "ShardList", "RobustDecode",
            "build_wds_dataset", "expand_shards", "tar_members"]
