@@ -8,7 +8,7 @@
   ``resume``（接着训练）或 ``overwrite``（丢弃旧的训练文件，从头开始）。
 
 目录旗标的检查也在这里：``ensure_dir``（--out：是文件、在文件之下、不可写、符号链接环）与
-``require_dir``（--images、--root 这类输入目录）。
+``require_dir``、``require_regular_file``（--images、--root、--data-path 这类输入路径）。
 """
 from __future__ import annotations
 
@@ -100,6 +100,16 @@ def require_dir(path: str | os.PathLike, what: str, flag: str) -> str:
         raise UsageError(f"{flag} {path}：无法访问（{e.strerror}） / bad directory") from None
     if not stat.S_ISDIR(st.st_mode):
         raise UsageError(f"{flag} {path} 不是目录（是文件、FIFO 或设备）；请给出{what}的路径 / not a directory")
+    return path
+
+
+def require_regular_file(path: str | os.PathLike, what: str, flag: str) -> str:
+    """用户给出的文件路径：不存在或不是普通文件时抛清楚的错误，指明旗标。"""
+    path = os.path.expanduser(str(path))
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"找不到{what} {path}；请检查 {flag} / file not found")
+    if not os.path.isfile(path):
+        raise UsageError(f"{flag} {path} 不是普通文件（是目录、FIFO 或设备）；请给出{what}的路径 / not a regular file")
     return path
 
 
@@ -272,4 +282,4 @@ def check_resume_config(cfg, ckpt: dict, path) -> None:
 
 
 __all__ = ["LOCK_NAME", "check_resume_config", "OutDirLock", "check_out_dir_unused", "clear_run_files", "current_rank",
-           "ensure_dir", "require_dir", "run_files"]
+           "ensure_dir", "require_dir", "require_regular_file", "run_files"]

@@ -188,3 +188,16 @@ def test_garbled_cifar_file_is_corrupt_not_an_attack(tmp_path, capsys, ckpt):
     rc, _, err = cli(capsys, "eval", "--checkpoint", ckpt, "--dataset", "cifar10", "--root", tmp_path)
     line = one_clear_line(err)
     assert rc == 1 and "corrupt CIFAR file" in line and "batches.meta" in line and "unsafe" not in line
+
+
+def test_image_that_decodes_to_too_many_pixels_is_skipped_before_decoding(tmp_path, capsys, monkeypatch):
+    """几百 KB 的 PNG 能解出 1.4 亿像素（432 MB）：以前照样解码，还打印 PIL 的警告。上限本是 4000 万像素。"""
+    import clipedu.data.robust as robust
+    monkeypatch.setattr(robust, "MAX_IMAGE_PIXELS", 300)  # 20×20 = 400 个像素就算 “太大”
+    rows = [(f"{i}.png", f"第{i}张", png_bytes((30 * i, 0, 0), size=(12, 12))) for i in range(7)]
+    rows.append(("big.png", "大图", png_bytes((255, 0, 0), size=(20, 20))))
+    csv = write_csv_folder(tmp_path, rows)
+    rc, out, err = cli(capsys, "data", "shard", "--csv", csv, "--out", tmp_path / "sh", "--max-bad-fraction", "0.5")
+    summary, _ = json.JSONDecoder().raw_decode(out)  # 摘要之后还有一行用法提示
+    assert rc == 0 and summary["bad_samples"]["by_reason"] == {"too_large": 1}
+    assert "Warning" not in err

@@ -13,8 +13,8 @@ import csv as _csv
 import os
 from typing import Callable, Optional
 
-from .robust import (BadSample, RobustDataset, clean_caption, decode_image, decode_line, iter_lines,
-                     open_regular, require_regular_file)
+from ..outdir import require_regular_file
+from .robust import BadSample, RobustDataset, clean_caption, decode_image, decode_line, iter_lines, open_regular
 
 MAX_ROW_BYTES = 2**20  # 一行（图像路径 + 文本）的上限；更长的多半是误指的二进制文件
 

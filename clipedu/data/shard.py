@@ -17,7 +17,7 @@ from ..errors import UsageError
 from ..outdir import OutDirLock
 
 from .csv import CsvDataset
-from .robust import BadSample, BadSampleCounter, decode_image, read_file_bytes, strict_error
+from .robust import BadSample, BadSampleCounter, decode_image, no_bomb_warning, read_file_bytes, strict_error
 
 SHARD_GLOB = "shard-*.tar"
 
@@ -29,11 +29,12 @@ def image_member(data: bytes, where: str, verify: bool) -> tuple[str, bytes]:
     读取端认识的格式（JPEG、PNG、WebP、BMP、TIFF、GIF、PPM）原样写入；其余 PIL 能解码的格式无损转成 PNG。
     """
     import io
+
     from PIL import Image
     from .wds import FORMAT_EXT
 
     try:
-        with Image.open(io.BytesIO(data)) as img:  # 只读文件头，很快
+        with no_bomb_warning(), Image.open(io.BytesIO(data)) as img:  # 只读文件头，很快；尺寸由 decode_image 查
             fmt = img.format
     except Exception as e:  # noqa: BLE001  PIL 对畸形文件可能抛任何异常
         raise BadSample("corrupt_image", where, f"{type(e).__name__}: {e}") from None
