@@ -27,8 +27,9 @@ class CorruptFileError(ValueError):
 
 
 _OS_HINTS = {
-    errno.ENOSPC: "磁盘已满；已有的 last.pt 等文件保持原样，请腾出空间后用 --resume latest 继续 / no space left on device",
-    errno.EDQUOT: "磁盘配额已用完；请腾出空间后用 --resume latest 继续 / disk quota exceeded",
+    errno.ENOSPC: ("磁盘已满；已写好的文件（如 last.pt）保持原样，请腾出空间后重新运行（训练用 --resume latest 接着）"
+                   " / no space left on device"),
+    errno.EDQUOT: "磁盘配额已用完；请腾出空间后重新运行（训练用 --resume latest 接着） / disk quota exceeded",
     errno.EACCES: "没有权限；请换一个可写的目录或检查文件权限 / permission denied",
     errno.EPERM: "操作不被允许；请检查文件权限 / operation not permitted",
     errno.EROFS: "文件系统是只读的；请换一个可写的目录（如 --out runs/xxx） / read-only file system",
@@ -113,6 +114,8 @@ def message_for(error: BaseException) -> tuple[str, int]:
         return _first_line(text), EXIT_USAGE
     if isinstance(error, FloatingPointError):
         return _first_line(text), EXIT_FAILURE
+    if isinstance(error, RecursionError):  # 安全网：嵌套几万层的 JSON/pickle 之类
+        return "输入文件嵌套太深（例如一行 JSON 里有成千上万层括号），无法解析 / input nested too deeply", EXIT_FAILURE
     if isinstance(error, KeyError):
         return (f"文件里缺少必需的键 {text}；它不是这里需要的 clipedu 检查点或 CLIP 权重 / missing key",
                 EXIT_FAILURE)

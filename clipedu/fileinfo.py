@@ -31,7 +31,7 @@ def stored_config(path: str):
         if meta.get("format") == FORMAT and "config" in meta:
             try:
                 config = json.loads(meta["config"])
-            except ValueError:
+            except (ValueError, RecursionError):
                 config = None  # 交给 config_from_file 报告
             return config_from_file(config, path)
         return None

@@ -132,7 +132,7 @@ class OutDirLock:
         try:
             info = json.loads(self.path.read_text(encoding="utf-8"))
             return info if isinstance(info, dict) and isinstance(info.get("pid"), int) else None
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None
 
     def _try_create(self) -> bool:

@@ -36,8 +36,8 @@ def read_log(path: str | os.PathLike) -> list[dict]:
     for line in p.read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # 只丢这一行：被杀时写了一半的行，或中间坏掉的行
+        except (json.JSONDecodeError, RecursionError):
+            continue  # 只丢这一行：被杀时写了一半的行、中间坏掉的行，或嵌套几万层的行
         if not isinstance(record, dict):
             continue
         if "logit_scale" in record and "inv_temperature" not in record:

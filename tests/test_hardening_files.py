@@ -201,3 +201,21 @@ def test_image_that_decodes_to_too_many_pixels_is_skipped_before_decoding(tmp_pa
     summary, _ = json.JSONDecoder().raw_decode(out)  # 摘要之后还有一行用法提示
     assert rc == 0 and summary["bad_samples"]["by_reason"] == {"too_large": 1}
     assert "Warning" not in err
+
+
+def test_json_line_nested_too_deeply_costs_only_that_line(tmp_path, capsys):
+    """一行 10 万层 “[”：json 递归超限抛 RecursionError，以前让整个训练（或续训读日志）以 “unexpected error” 结束。"""
+    from realdata_fixtures import write_cnclip
+    from clipedu.run_log import read_log
+    deep = b"[" * 100_000
+    images = {str(i): png_bytes((30 * i, 0, 0)) for i in range(8)}
+    texts = [{"text_id": i, "text": f"第{i}张", "image_ids": [str(i)]} for i in range(8)]
+    write_cnclip(tmp_path / "cn", "train", images, texts, extra_text_lines=[deep])
+    out = tmp_path / "run"
+    rc, _, err = cli(capsys, *TRAIN, "--out", out, "--dataset", "cn-clip", "--data-path", tmp_path / "cn",
+                     "--max-bad-fraction", "0.5")
+    assert rc == 0, err
+    assert json.loads((out / "metrics.json").read_text())["bad_samples"]["by_reason"] == {"malformed_row": 1}
+    with open(out / "log.jsonl", "ab") as f:
+        f.write(deep + b"\n")
+    assert [r["step"] for r in read_log(out / "log.jsonl")] == [1, 2]

@@ -244,8 +244,8 @@ def _read_mapping_file(root: str, folders: list[str]) -> dict:
     if os.path.exists(path_json):
         try:
             mapping = json.loads(_read_small_text(path_json))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path_json} 不是合法 JSON：{e} / invalid JSON") from None
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise ValueError(f"{path_json} 不是合法 JSON：{str(e)[:80]} / invalid JSON") from None
         if not isinstance(mapping, dict):
             raise ValueError(f"{path_json} 应为 {{文件夹名: 中文名}} 的 JSON 对象，实际为 {type(mapping).__name__}")
         return mapping

@@ -166,7 +166,7 @@ def load_index(index_dir: str | os.PathLike, verify: bool = True) -> ImageIndex:
         count, dim, dtype = int(meta["count"]), int(meta["dim"]), meta["dtype"]
     except CorruptIndexError:
         raise
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, RecursionError) as e:
         raise _corrupt(index_dir, f"{META} 读不懂（{type(e).__name__}: {str(e)[:80]}）") from None
     for path, key in ((emb_path, "embeddings"), (items_path, "items")):
         if not path.is_file():
@@ -176,7 +176,7 @@ def load_index(index_dir: str | os.PathLike, verify: bool = True) -> ImageIndex:
     try:
         embeddings = np.load(emb_path, allow_pickle=False, mmap_mode="r")
         items = [json.loads(line) for line in items_path.read_text(encoding="utf-8").splitlines()]
-    except (ValueError, OSError, UnicodeDecodeError) as e:
+    except (ValueError, OSError, UnicodeDecodeError, RecursionError) as e:
         raise _corrupt(index_dir, f"数据文件读不出（{type(e).__name__}: {str(e)[:80]}）") from None
     if embeddings.shape != (count, dim) or str(embeddings.dtype) != dtype or len(items) != count:
         raise _corrupt(index_dir, f"形状 {embeddings.shape}/{embeddings.dtype}/{len(items)} 条，"
@@ -257,7 +257,7 @@ def _load_chunk(partial: Path, key: str, dim: int):
     try:
         info = json.loads((partial / f"chunk-{key}.json").read_text(encoding="utf-8"))
         vectors = np.load(partial / f"chunk-{key}.npy", allow_pickle=False)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if vectors.shape != (len(info["entries"]), dim):
         return None
