@@ -119,12 +119,13 @@ def _add_data_parser(sub, full: bool) -> None:
         p.set_defaults(func=lambda args: _fail(f"data 子命令不可用：{e}"))
         return
     p = sub.add_parser("data", help="数据工具：把图文数据打成 WebDataset 分片等")
-    add_shard_parser(p.add_subparsers(dest="data_command", required=True))
+    add_shard_parser(p.add_subparsers(dest="data_command", required=True, metavar="shard"))
 
 
 def build_parser(with_data: bool = False) -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m clipedu", description="clipedu：CLIP 教学实现的命令行")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # metavar：缺子命令时的报错列出可选的子命令，而不是内部的变量名 “command”
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,data,index,serve,export}")
     _add_train_parser(sub)
     _add_eval_parser(sub)
     _add_data_parser(sub, with_data)

@@ -247,12 +247,19 @@ TRAIN_DATASETS = ("shapes", "digits", "csv", "cn-clip", "wds")
 PRECISION_NAMES = ("fp32", "bf16", "fp16", "amp_bf16", "amp_fp16")
 
 
+# 旗标名与字段名不同的字段；eps、betas 只能在 API 里设（命令行没有对应旗标）
+_FLAG_NAMES = {"out_dir": "--out", "progress": "--no-progress", "gather_with_grad": "--no-gather-with-grad"}
+_API_ONLY = ("eps", "betas")
+
+
 def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    return _FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
 
 
 def _bad(name: str, value, expected: str):
     from .errors import UsageError
+    if name in _API_ONLY:
+        return UsageError(f"TrainConfig.{name} 应为{expected}，实际为 {value!r} / invalid value for {name}")
     return UsageError(f"{_flag(name)}（TrainConfig.{name}）应为{expected}，实际为 {value!r} / invalid value for {_flag(name)}")
 
 
@@ -345,6 +352,9 @@ def validate_train_config(cfg: "TrainConfig") -> None:
         v = getattr(cfg, name)
         if v is not None and (not isinstance(v, str) or not v):
             raise _bad(name, v, "非空字符串（或不设）")
+    for name in ("out_dir", "data_path", "init_from", "resume"):
+        if "\x00" in (getattr(cfg, name) or ""):  # 操作系统的路径里不能有 NUL
+            raise _bad(name, getattr(cfg, name), "不含 NUL 字符的路径")
     if cfg.csv_separator is not None:
         check_separator(cfg.csv_separator)
     check_encoding(cfg.encoding)

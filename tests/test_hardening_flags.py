@@ -183,3 +183,16 @@ def test_serve_reports_bad_host_and_busy_port_before_loading_the_model(capsys, c
         port = busy.getsockname()[1]
         rc, _, err = cli(capsys, "serve", "--index", index_dir, "--checkpoint", ckpt, "--port", port)
     assert rc == 1 and f"--port {port}" in one_clear_line(err) and "address already in use" in err
+
+
+def test_messages_name_flags_and_subcommands_that_exist(capsys):
+    """以前：缺子命令时说 “required: command / data_command”（内部变量名），--out 写错时提示 “--out-dir”。"""
+    from clipedu.config import TrainConfig
+    rc, _, err = cli(capsys)
+    assert rc == 2 and "{train,eval,data,index,serve,export}" in one_clear_line(err)
+    rc, _, err = cli(capsys, "data")
+    assert rc == 2 and "required: shard" in one_clear_line(err)
+    with pytest.raises(ValueError, match="^--out（TrainConfig.out_dir）"):
+        TrainConfig(out_dir="")
+    with pytest.raises(ValueError, match="^TrainConfig.eps"):  # 没有命令行旗标的字段不编一个出来
+        TrainConfig(eps=0.0)

@@ -133,7 +133,7 @@ def add_shard_parser(subparsers) -> argparse.ArgumentParser:
 def add_data_parser(subparsers) -> argparse.ArgumentParser:
     """在顶层 subparsers 上注册 ``data``，其下有 ``shard``。"""
     data = subparsers.add_parser("data", help="数据工具：打包分片等")
-    add_shard_parser(data.add_subparsers(dest="data_command", required=True))
+    add_shard_parser(data.add_subparsers(dest="data_command", required=True, metavar="shard"))
     return data
 
 
