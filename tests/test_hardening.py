@@ -332,6 +332,10 @@ def test_fifo_and_device_paths_never_block(tmp_path, capsys):
     rc, _, err = _cli(capsys, *TRAIN, "--out", tmp_path / "r2", "--dataset", "csv", "--data-path", csv,
                       "--max-bad-fraction", "0.5")
     assert rc == 0, err
+    # 以文搜图读图也一样：建索引之后被换成 FIFO 的图片文件不会让 open 卡住
+    from clipedu.search.images import BadImage, read_file
+    with pytest.raises(BadImage, match="unreadable"):
+        read_file(tmp_path / "img_fifo.png")
 
 
 @pytest.mark.slow
