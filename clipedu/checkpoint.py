@@ -294,8 +294,8 @@ def check_state_dict(model: torch.nn.Module, state: dict, strict: bool = True) -
         problems.append("检查点多出的键：" + _listed(unexpected))
     if problems:
         raise ValueError(
-            "检查点与模型配置不匹配（是否用另一个预设/配置训练的？）：\n  "
-            + "\n  ".join(problems) + " / checkpoint does not match config"
+            "检查点与模型配置不匹配（是否用另一个预设/配置训练的？）——"
+            + "；".join(problems) + " / checkpoint does not match config"
         )
 
 
