@@ -64,7 +64,8 @@ def plot_curve(history: list[dict], path: Path, title: str, final: dict | None =
 def run_once(args, budget: float, seed: int, steps: int | None) -> tuple[dict, list[dict]]:
     """一次从零训练；steps=None 时按墙钟预算，否则按给定步数（不设预算）。"""
     out = Path(args.out) / f"b{budget:g}_s{seed}"
-    cfg = TrainConfig(preset="tiny-cpu", seed=seed, out_dir=str(out), device="cpu",
+    # 重跑基准时覆盖上一次的同名运行（它们只是这次测量的中间产物）
+    cfg = TrainConfig(preset="tiny-cpu", seed=seed, out_dir=str(out), device="cpu", overwrite=True,
                       steps=steps or args.max_steps, time_budget=None if steps else budget,
                       batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
                       eval_every=args.eval_every, eval_size=args.eval_size, progress=sys.stderr.isatty())

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .distributed import all_gather_objects
-from .errors import describe_unsafe_pickle, unsafe_global
+from .errors import CorruptFileError, describe_unsafe_pickle, unsafe_global
 from .seeding import rank_seed, seed_everything
 
 FORMAT = "clipedu-checkpoint"
@@ -169,7 +169,7 @@ def find_latest(out_dir: str | os.PathLike) -> Optional[Path]:
     out_dir = Path(out_dir)
     steps = []
     for _, p in _step_checkpoints(out_dir):
-        if zipfile.is_zipfile(p):
+        if p.is_file() and zipfile.is_zipfile(p):  # FIFO、目录：打开它会卡住，跳过
             steps.append(p)
         else:
             _announce_skip(p)
@@ -185,7 +185,7 @@ def find_latest(out_dir: str | os.PathLike) -> Optional[Path]:
 
 def _announce_skip(path: Path) -> None:
     """退回更早的检查点时要说出来：用户得知道最新的那个坏了。"""
-    print(f"[clipedu] 跳过无法读取的检查点 {path}（被截断或写坏），改用更早的检查点"
+    print(f"[clipedu] 跳过无法读取的检查点 {path}（被截断、写坏或不是普通文件），改用更早的检查点"
           " / skipping unreadable checkpoint", file=sys.stderr, flush=True)
 
 
@@ -199,26 +199,43 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"找不到检查点文件：{path}；请检查路径，或用 "
                                 f"--resume latest / checkpoint not found")
+    check_zip_crc(path)  # torch.load 不核对校验和：中间坏了几个字节的文件照样“读出来”
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         # 乱码、截断的文件也会抛 UnpicklingError（invalid load key）：与恶意载荷分开说
         if unsafe_global(e) is None:
-            raise ValueError(f"检查点 {path} 已损坏或不是 PyTorch 文件；请改用上一个"
-                             "检查点（ckpt_step*.pt）/ corrupt checkpoint") from None
+            raise CorruptFileError(f"检查点 {path} 已损坏或不是 PyTorch 文件；"
+                                   "请改用上一个检查点（ckpt_step*.pt）"
+                                   " / corrupt checkpoint") from None
         # weights_only 模式拒绝任何非白名单的全局对象：这正是恶意 __reduce__ 载荷的样子
         raise ValueError(f"拒绝加载检查点 {path}：{describe_unsafe_pickle(e)}"
                          " / refused unsafe checkpoint") from None
     # 截断/乱码文件会从 zip、pickle 各层抛出各种异常
     except Exception as e:  # noqa: BLE001
-        raise ValueError(
-            f"检查点 {path} 已损坏或被截断（{type(e).__name__}: {str(e)[:120]}）；"
-            f"请改用上一个检查点（ckpt_step*.pt）/ corrupt or truncated checkpoint"
+        raise CorruptFileError(
+            f"检查点 {path} 已损坏或被截断（{type(e).__name__}: {str(e)[:80]}）；"
+            f"请改用上一个检查点（ckpt_step*.pt） / corrupt or truncated checkpoint"
         ) from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path} 不是 clipedu 检查点：顶层应为 dict，"
                          f"实际为 {type(obj).__name__}")
     return obj
+
+
+def check_zip_crc(path: Path) -> None:
+    """``torch.save`` 写的是 zip，每个成员都带 CRC-32；逐个核对，不符就报错而不是载入错的权重。
+
+    不是 zip（旧格式）或 zip 结构本身坏了（截断）时什么也不做，交给 torch.load 报告。
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception:  # noqa: BLE001  不是 zip、截断、不支持的压缩方式：由 torch.load 说明
+        return
+    if bad is not None:
+        raise CorruptFileError(f"检查点 {path} 已损坏：成员 {bad} 的 CRC-32 校验和不符（文件内容被改动"
+                               "或磁盘出错）；请改用上一个检查点（ckpt_step*.pt） / corrupt checkpoint (bad CRC)")
 
 
 def _require_clipedu(ckpt: dict, path) -> None:
@@ -235,9 +252,31 @@ def _listed(items: list[str], sep: str = ", ") -> str:
     return sep.join(items[:10]) + (" …" if len(items) > 10 else "")
 
 
+def build_model_checked(config, state: dict, strict: bool = True):
+    """按 config 建 CLIP 并载入 state。先在 meta 设备上建一个不占内存的骨架核对键与形状：
+    文件里的配置被改坏（例如宽度 10^12）时报出差异，而不是先去分配几 TB 内存。"""
+    from .model import CLIP
+
+    with torch.device("meta"):
+        skeleton = CLIP(config)
+    check_state_dict(skeleton, state, strict)
+    model = CLIP(config)
+    load_state_dict_checked(model, state, strict)
+    return model
+
+
 def load_state_dict_checked(model: torch.nn.Module, state: dict,
                             strict: bool = True) -> None:
     """把 state 载入模型；键或形状不一致时列出具体的键与形状（而不是一长串报错）。"""
+    check_state_dict(model, state, strict)
+    model.load_state_dict(state, strict=strict)
+
+
+def check_state_dict(model: torch.nn.Module, state: dict, strict: bool = True) -> None:
+    """state 与模型的键、形状是否一致；不一致时抛 ValueError 列出差异。"""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError("检查点里的模型权重应为 {名字: 张量} 的字典，实际不是；文件不是 clipedu 写的"
+                         "或已被改坏 / invalid state dict")
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -255,10 +294,9 @@ def load_state_dict_checked(model: torch.nn.Module, state: dict,
         problems.append("检查点多出的键：" + _listed(unexpected))
     if problems:
         raise ValueError(
-            "检查点与模型配置不匹配（是否用另一个预设/配置训练的？）"
-            "/ checkpoint does not match config:\n  " + "\n  ".join(problems)
+            "检查点与模型配置不匹配（是否用另一个预设/配置训练的？）——"
+            + "；".join(problems) + " / checkpoint does not match config"
         )
-    model.load_state_dict(state, strict=strict)
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
@@ -266,13 +304,11 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
 
     分词器是训练时保存的那个（ChineseTokenizer 或 BertChineseTokenizer）。"""
     from .bert_tokenizer import tokenizer_from_state_dict
-    from .config import CLIPConfig
-    from .model import CLIP
+    from .config import config_from_file
 
     ckpt = load_checkpoint(path)
     _require_clipedu(ckpt, path)
-    model = CLIP(CLIPConfig.from_dict(ckpt["config"]))
-    load_state_dict_checked(model, ckpt["model"])
+    model = build_model_checked(config_from_file(ckpt["config"], path), ckpt["model"])
     tokenizer = tokenizer_from_state_dict(ckpt["tokenizer"])
     return model.to(device).eval(), tokenizer
 

@@ -13,6 +13,9 @@ import json
 import sys
 from typing import Optional, Sequence
 
+from . import argtypes
+from .argtypes import MAX_EVAL_SIZE, MAX_SEED
+
 # (旗标, TrainConfig 字段, 类型, 帮助)；默认值一律取 TrainConfig 的，命令行只覆盖给出的项
 _TRAIN_FLAGS = [
     ("--preset", "preset", str, "模型预设：tiny-cpu | small | rn50 | vit-b-32"
@@ -59,6 +62,7 @@ _SWITCHES = [
     ("--lock-image", "lock_image", True, "冻结图像塔（LiT 式微调）"),
     ("--strict", "strict", True, "真实数据：遇到第一个坏样本就报错"),
     ("--no-progress", "progress", False, "不显示进度条"),
+    ("--overwrite", "overwrite", True, "--out 里已有一次训练时，删除它的检查点与日志，从头开始（默认拒绝）"),
 ]
 
 
@@ -69,81 +73,36 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"错误：命令行参数有误：{message}（运行 {self.prog} -h 查看用法） / usage error\n")
 
 
-def _finite_float(text: str) -> float:
-    """浮点旗标拒绝 nan、inf；范围由 TrainConfig.validate 检查。"""
-    import math
-    value = float(text)
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"应为有限实数，实际为 {text!r}")
-    return value
-
-
-_finite_float.__name__ = "float"
-
-
-def _device(text: str) -> str:
-    from .config import parse_device
-    try:
-        return parse_device(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _regular_file(text: str) -> str:
-    """检查点、权重这类文件旗标：必须是已存在的普通文件（FIFO、设备会让读取永远阻塞）。"""
-    import os
-    if text == "latest":  # --resume latest
-        return text
-    path = os.path.expanduser(text)
-    if os.path.exists(path) and not os.path.isfile(path):  # 不存在的文件交给载入函数，它的说明更具体
-        raise argparse.ArgumentTypeError(f"{text} 不是普通文件（目录、FIFO 或设备）")
-    return text
-
-
-_regular_file.__name__ = "file"
-
-
-def _int_at_least(low: int, what: str):
-    """argparse 的 type：不小于 low 的整数；出错时 argparse 把说明印成一行。"""
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"应为{what}，实际为 {text!r}")
-        return value
-    parse.__name__ = "int"  # argparse 的报错里显示 “invalid int value”
-    return parse
-
-
-_nonneg_int = _int_at_least(0, " ≥ 0 的整数")
-_positive_int = _int_at_least(1, "正整数")
+# 旗标的 argparse 类型：文件、设备、编码与分隔符当场检查；数值范围由 TrainConfig.validate 检查（API 同样受益）
+_TRAIN_TYPES = {"init_from": argtypes.regular_file, "resume": argtypes.resume, "device": argtypes.device,
+                "encoding": argtypes.encoding, "csv_separator": argtypes.separator}
 
 
 def _add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="训练 CLIP", argument_default=argparse.SUPPRESS)
     for flag, dest, typ, help_ in _TRAIN_FLAGS:
-        if dest in ("init_from", "resume"):
-            typ = _regular_file
-        p.add_argument(flag, dest=dest, type=_finite_float if typ is float else typ, help=help_)
+        typ = _TRAIN_TYPES.get(dest, argtypes.finite_float if typ is float else typ)
+        p.add_argument(flag, dest=dest, type=typ, help=help_)
     for flag, dest, value, help_ in _SWITCHES:
         p.add_argument(flag, dest=dest, action="store_const", const=value, help=help_)
-    p.add_argument("--overwrite", dest="overwrite", action="store_true",
-                   help="--out 里已有一次训练时，删除它的检查点与日志，从头开始（默认拒绝）")
     p.set_defaults(func=_cmd_train)
 
 
 def _add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="评估检查点（零样本与检索）")
-    p.add_argument("--checkpoint", required=True, type=_regular_file,
+    p.add_argument("--checkpoint", required=True, type=argtypes.regular_file,
                    help="clipedu 检查点（.pt），或 Chinese-CLIP 权重"
                         "（.pt/.safetensors）")
     p.add_argument("--json", action="store_true", help="只打印一个 JSON 对象")
     p.add_argument("--dataset", default="shapes", choices=("shapes", "imagefolder", "cifar10", "cifar100", "cn-clip"),
                    help="shapes（默认）| imagefolder | cifar10 | cifar100 | cn-clip（后四个需要 --root）")
     p.add_argument("--root", default=None, help="评估数据集的本地目录")
-    p.add_argument("--eval-size", type=_positive_int, default=1000, help="shapes 评估的样本数")
-    p.add_argument("--seed", type=_nonneg_int, default=0, help="shapes 评估数据的种子")
-    p.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda")
-    p.add_argument("--max-bad-fraction", type=_finite_float, default=0.01, help="坏样本比例上限（真实数据集）")
+    p.add_argument("--eval-size", type=argtypes.int_in(1, MAX_EVAL_SIZE), default=1000,
+                   help=f"shapes 评估的样本数（≤ {MAX_EVAL_SIZE}）")
+    p.add_argument("--seed", type=argtypes.int_in(0, MAX_SEED), default=0, help="shapes 评估数据的种子")
+    p.add_argument("--device", type=argtypes.device, default="auto", help="auto | cpu | cuda")
+    p.add_argument("--max-bad-fraction", type=argtypes.fraction, default=0.01,
+                   help="坏样本比例上限（真实数据集）")
     p.add_argument("--strict", action="store_true", help="遇到第一个坏样本就报错")
     p.set_defaults(func=_cmd_eval)
 
@@ -160,12 +119,13 @@ def _add_data_parser(sub, full: bool) -> None:
         p.set_defaults(func=lambda args: _fail(f"data 子命令不可用：{e}"))
         return
     p = sub.add_parser("data", help="数据工具：把图文数据打成 WebDataset 分片等")
-    add_shard_parser(p.add_subparsers(dest="data_command", required=True))
+    add_shard_parser(p.add_subparsers(dest="data_command", required=True, metavar="shard"))
 
 
 def build_parser(with_data: bool = False) -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m clipedu", description="clipedu：CLIP 教学实现的命令行")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # metavar：缺子命令时的报错列出可选的子命令，而不是内部的变量名 “command”
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,data,index,serve,export}")
     _add_train_parser(sub)
     _add_eval_parser(sub)
     _add_data_parser(sub, with_data)
@@ -178,7 +138,7 @@ def config_from_args(args: argparse.Namespace):
     """命令行里给出的项覆盖 TrainConfig 的默认值。"""
     from .config import TrainConfig
 
-    not_config = {"func", "command", "overwrite"}
+    not_config = {"func", "command"}
     overrides = {k: v for k, v in vars(args).items() if k not in not_config}
     preset = overrides.get("preset", TrainConfig.preset)
     overrides.setdefault("out_dir", f"runs/{preset}")
@@ -205,15 +165,11 @@ def _check_flag_combinations(given: dict) -> None:
 
 
 def _cmd_train(args) -> int:
-    from .outdir import OutDirLock, check_out_dir_unused
     from .trainer import train
 
     _check_flag_combinations(vars(args))
     cfg = config_from_args(args)
-    with OutDirLock(cfg.out_dir) as lock:  # 先持锁再检查：别的进程不能在检查之后抢进来
-        if lock.enabled:
-            check_out_dir_unused(cfg.out_dir, cfg.resume, getattr(args, "overwrite", False))
-        history = train(cfg)
+    history = train(cfg)  # 输出目录的锁与“不覆盖”规则都在 train 里：API 与命令行一样
     if history:
         print(f"完成 {history[-1]['step']} 步，最终损失 {history[-1]['loss']:.4f}；输出在 {cfg.out_dir}")
     return 0

@@ -25,8 +25,10 @@ import pickle
 import torch
 from torchvision import transforms as T
 
+from .checkpoint import check_zip_crc
 from .config import CLIPConfig, TextConfig, VisionConfig
 from .data.transforms import CLIP_MEAN, CLIP_STD, convert_to_rgb
+from .errors import CorruptFileError
 
 CONTEXT_LENGTH = 52          # Chinese-CLIP 所有发布模型的文本长度
 HEAD_WIDTH = 64              # 每个注意力头的宽度（OpenAI 与 BERT 的惯例）
@@ -50,19 +52,22 @@ def read_weights(path: str) -> dict:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
             return load_file(path, device="cpu")
+        check_zip_crc(path)  # torch.load 不核对校验和
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except CorruptFileError:
+        raise
     except pickle.UnpicklingError as e:
         # weights_only 拒绝了张量之外的全局名字：恶意载荷正是这个样子
         if "GLOBAL" in str(e):
             raise ValueError(f"拒绝加载 {path!r}：文件里有张量之外的 Python 对象"
                              f"（可能是恶意 pickle），weights_only=True 已阻止它执行"
                              f" / refused unsafe pickle") from None
-        raise ValueError(f"{path!r} 已损坏或不是 PyTorch 权重文件"
-                         f" / corrupt weights file") from None
+        raise CorruptFileError(f"{path!r} 已损坏或不是 PyTorch 权重文件"
+                               f" / corrupt weights file") from None
     except Exception as e:  # noqa: BLE001  截断的 zip、坏的 safetensors 头等从各层抛出
-        raise ValueError(f"{path!r} 已损坏或被截断（{type(e).__name__}: "
-                         f"{str(e)[:100]}）；请重新下载 "
-                         f"/ corrupt or truncated weights file") from None
+        raise CorruptFileError(f"{path!r} 已损坏或被截断（{type(e).__name__}: "
+                               f"{str(e)[:100]}）；请重新下载 "
+                               f"/ corrupt or truncated weights file") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):  # 训练检查点
         obj = obj["state_dict"]
     if (not isinstance(obj, dict) or not obj
@@ -151,7 +156,7 @@ def _infer_vision(sd: dict) -> tuple[VisionConfig, int]:
                               heads=width * 32 // HEAD_WIDTH)
         return vision, _shape(sd, "visual.attnpool.c_proj.weight")[0]
     raise ValueError("无法识别图像塔：既没有 visual.proj（ViT）也没有 visual.attnpool"
-                     "（ResNet）/ unknown vision tower")
+                     "（ResNet） / unknown vision tower")
 
 
 def infer_cnclip_config(sd: dict) -> CLIPConfig:

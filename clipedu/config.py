@@ -6,6 +6,8 @@ import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Optional
 
+# 数值字段的上限定义在不依赖 torch 的 argtypes 里：命令行与 TrainConfig.validate 共用
+from .argtypes import MAX_BATCH_SIZE, MAX_EVAL_SIZE, MAX_LR, MAX_LR_MULT, MAX_NUM_WORKERS, MAX_SEED
 from .tokenizer import DEFAULT_CONTEXT_LENGTH, EOS_ID, VOCAB_SIZE
 
 
@@ -78,6 +80,15 @@ class CLIPConfig:
             text=TextConfig(**d["text"]),
             **{k: d[k] for k in known_c if k in d},
         )
+
+
+def config_from_file(d, path) -> CLIPConfig:
+    """检查点、safetensors 元数据里存的模型配置 → CLIPConfig；缺字段、类型不对时说是哪个文件。"""
+    try:
+        return CLIPConfig.from_dict(d)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"{path} 里的模型配置无效（{type(e).__name__}: {e}）；文件不是 clipedu 写的"
+                         "或已被改坏 / invalid model config") from None
 
 
 def _openai_text(**kw) -> TextConfig:
@@ -200,6 +211,7 @@ class TrainConfig:
     image_lr_mult: float = 1.0
     # ---- 保存、日志与评估 ----
     out_dir: str = "runs/tiny-cpu"           # 输出目录：last.pt、metrics.json、log.jsonl
+    overwrite: bool = False                  # out_dir 里已有一次训练时删掉它的文件、从头开始（默认拒绝）
     save_every: int = 0                      # 每 N 步保存一次检查点；0 表示只在结束时保存
     keep_last: int = 3                       # 保留最近 K 个按步保存的检查点
     resume: Optional[str] = None             # "latest" 或检查点路径
@@ -235,12 +247,19 @@ TRAIN_DATASETS = ("shapes", "digits", "csv", "cn-clip", "wds")
 PRECISION_NAMES = ("fp32", "bf16", "fp16", "amp_bf16", "amp_fp16")
 
 
+# 旗标名与字段名不同的字段；eps、betas 只能在 API 里设（命令行没有对应旗标）
+_FLAG_NAMES = {"out_dir": "--out", "progress": "--no-progress", "gather_with_grad": "--no-gather-with-grad"}
+_API_ONLY = ("eps", "betas")
+
+
 def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    return _FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
 
 
 def _bad(name: str, value, expected: str):
     from .errors import UsageError
+    if name in _API_ONLY:
+        return UsageError(f"TrainConfig.{name} 应为{expected}，实际为 {value!r} / invalid value for {name}")
     return UsageError(f"{_flag(name)}（TrainConfig.{name}）应为{expected}，实际为 {value!r} / invalid value for {_flag(name)}")
 
 
@@ -284,6 +303,16 @@ def check_encoding(name) -> str:
     return name
 
 
+def check_separator(sep) -> str:
+    """CSV/TSV 分隔符必须恰好是一个字符（csv 模块的要求）；命令行里的 ``\\t`` 认作制表符。"""
+    from .errors import UsageError
+    if sep == "\\t":
+        return "\t"
+    if not isinstance(sep, str) or len(sep) != 1 or sep in "\r\n\"":
+        raise UsageError(f"--csv-separator 应为一个字符（如 , 或制表符），实际为 {sep!r} / invalid separator")
+    return sep
+
+
 def validate_train_config(cfg: "TrainConfig") -> None:
     from .errors import UsageError
 
@@ -296,16 +325,16 @@ def validate_train_config(cfg: "TrainConfig") -> None:
     if cfg.precision not in PRECISION_NAMES:
         raise UsageError(f"未知精度 {cfg.precision!r}；--precision 可选：{', '.join(PRECISION_NAMES)} / unknown precision")
     parse_device(cfg.device)
-    for name, low, high in (("steps", 1, None), ("batch_size", 1, None), ("accum_steps", 1, None),
-                            ("warmup_steps", 0, None), ("seed", 0, None), ("max_objects", 1, 3),
-                            ("num_workers", 0, None), ("save_every", 0, None), ("keep_last", 0, None),
-                            ("eval_every", 0, None), ("eval_size", 0, None), ("log_every", 1, None)):
+    for name, low, high in (("steps", 1, None), ("batch_size", 1, MAX_BATCH_SIZE), ("accum_steps", 1, MAX_BATCH_SIZE),
+                            ("warmup_steps", 0, None), ("seed", 0, MAX_SEED), ("max_objects", 1, 3),
+                            ("num_workers", 0, MAX_NUM_WORKERS), ("save_every", 0, None), ("keep_last", 0, None),
+                            ("eval_every", 0, None), ("eval_size", 0, MAX_EVAL_SIZE), ("log_every", 1, None)):
         _check_int(cfg, name, low, high)
-    _check_float(cfg, "lr", 0.0)  # 0 也合法：测试与对照实验里用它检查初始化
-    _check_float(cfg, "weight_decay", 0.0)
+    _check_float(cfg, "lr", 0.0, MAX_LR)  # 0 也合法：测试与对照实验里用它检查初始化
+    _check_float(cfg, "weight_decay", 0.0, MAX_LR)
     _check_float(cfg, "eps", 0.0, low_open=True)
-    _check_float(cfg, "head_lr_mult", 0.0)
-    _check_float(cfg, "image_lr_mult", 0.0)
+    _check_float(cfg, "head_lr_mult", 0.0, MAX_LR_MULT)
+    _check_float(cfg, "image_lr_mult", 0.0, MAX_LR_MULT)
     _check_float(cfg, "max_bad_fraction", 0.0, 1.0)
     _check_float(cfg, "time_budget", 0.0, optional=True)  # 0：训练一步就停（测试用）
     _check_float(cfg, "grad_clip", 0.0, low_open=True, optional=True)
@@ -313,7 +342,7 @@ def validate_train_config(cfg: "TrainConfig") -> None:
     if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
         raise UsageError(f"TrainConfig.betas 应为两个 [0, 1) 内的数，实际为 {cfg.betas!r} / invalid betas")
     for name in ("grad_checkpointing", "compile", "local_loss", "gather_with_grad", "lock_image",
-                 "tensorboard", "progress", "strict"):
+                 "tensorboard", "progress", "strict", "overwrite"):
         if not isinstance(getattr(cfg, name), bool):
             raise _bad(name, getattr(cfg, name), " True 或 False")
     for name in ("out_dir", "csv_img_key", "csv_caption_key"):
@@ -323,7 +352,15 @@ def validate_train_config(cfg: "TrainConfig") -> None:
         v = getattr(cfg, name)
         if v is not None and (not isinstance(v, str) or not v):
             raise _bad(name, v, "非空字符串（或不设）")
+    for name in ("out_dir", "data_path", "init_from", "resume"):
+        if "\x00" in (getattr(cfg, name) or ""):  # 操作系统的路径里不能有 NUL
+            raise _bad(name, getattr(cfg, name), "不含 NUL 字符的路径")
+    if cfg.csv_separator is not None:
+        check_separator(cfg.csv_separator)
     check_encoding(cfg.encoding)
+    if cfg.resume and cfg.overwrite:
+        raise UsageError("--resume 与 --overwrite（TrainConfig.resume、overwrite）不能同时使用："
+                         "一个接着旧训练，一个丢弃旧训练 / conflicting flags")
 
 
 __all__ = ["VisionConfig", "TextConfig", "CLIPConfig", "TrainConfig", "PRESETS", "get_preset", "replace"]

@@ -31,6 +31,9 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("要求 --device cuda，但这台机器上没有可用的 CUDA GPU；"
                          "请改用 --device cpu / CUDA is not available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}：这台机器只有 {torch.cuda.device_count()} 块 GPU"
+                         f"（编号从 0 起） / no such GPU")
     return device
 
 

@@ -22,9 +22,14 @@ class RunError(RuntimeError):
     """运行中的失败，例如输出目录被另一个进程占用（退出码 1）。"""
 
 
+class CorruptFileError(ValueError):
+    """文件的内容坏了：截断、校验和不符、格式损坏（退出码 1）。换一个好文件才能解决，不是旗标写错了。"""
+
+
 _OS_HINTS = {
-    errno.ENOSPC: "磁盘已满；已有的 last.pt 等文件保持原样，请腾出空间后用 --resume latest 继续 / no space left on device",
-    errno.EDQUOT: "磁盘配额已用完；请腾出空间后用 --resume latest 继续 / disk quota exceeded",
+    errno.ENOSPC: ("磁盘已满；已写好的文件（如 last.pt）保持原样，请腾出空间后重新运行（训练用 --resume latest 接着）"
+                   " / no space left on device"),
+    errno.EDQUOT: "磁盘配额已用完；请腾出空间后重新运行（训练用 --resume latest 接着） / disk quota exceeded",
     errno.EACCES: "没有权限；请换一个可写的目录或检查文件权限 / permission denied",
     errno.EPERM: "操作不被允许；请检查文件权限 / operation not permitted",
     errno.EROFS: "文件系统是只读的；请换一个可写的目录（如 --out runs/xxx） / read-only file system",
@@ -34,7 +39,11 @@ _OS_HINTS = {
     errno.ENOENT: "文件或目录不存在；请检查路径 / no such file or directory",
     errno.ENAMETOOLONG: "路径太长 / file name too long",
     errno.EMFILE: "打开的文件太多；请减少 --num-workers / too many open files",
+    errno.ELOOP: "路径是符号链接环（链接最终指向自己）；请换一个路径 / symlink loop",
+    errno.ENOMEM: "内存不足；请减小 --batch-size 或 --num-workers / out of memory",
 }
+_OUT_OF_MEMORY = re.compile(r"can't allocate memory|out of memory|CUDA error: out of memory", re.IGNORECASE)
+_SYMLINK_LOOP = re.compile(r"Symlink loop from '?([^']*)'?")
 
 _WEIGHTS_ONLY_ADVICE = re.compile(r"weights_only\W{0,12}(?:=|set to)\W{0,4}False", re.IGNORECASE)
 _UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)|unpickle global ([\w.]+)|^global ([\w.]+)$|(unrecognized function|Unsupported class)",
@@ -84,10 +93,18 @@ def message_for(error: BaseException) -> tuple[str, int]:
         if unsafe_global(error):
             return describe_unsafe_pickle(error) + " / refused unsafe pickle", EXIT_FAILURE
         return "文件已损坏或不是 PyTorch 权重文件 / corrupt file", EXIT_FAILURE
-    if isinstance(error, BadSampleError):
+    if isinstance(error, (BadSampleError, CorruptFileError)):
         return _first_line(text), EXIT_FAILURE
+    if isinstance(error, FileNotFoundError) and error.errno is not None:  # 操作系统抛的：补上中文与路径
+        where = f"{error.filename}：" if error.filename else ""
+        return f"{where}{_OS_HINTS[errno.ENOENT]}", EXIT_USAGE
     if isinstance(error, (UsageError, FileNotFoundError)):
         return _first_line(text), EXIT_USAGE
+    if isinstance(error, RuntimeError) and (m := _SYMLINK_LOOP.search(text)):  # pathlib.resolve 遇到环
+        return f"{m.group(1)}：{_OS_HINTS[errno.ELOOP]}", EXIT_USAGE
+    if isinstance(error, MemoryError) or (isinstance(error, RuntimeError) and _OUT_OF_MEMORY.search(text)):
+        return ("内存不足（模型、批或评估集太大）；请减小 --batch-size、--eval-size 或换小一点的模型"
+                " / out of memory"), EXIT_FAILURE
     if isinstance(error, OSError):
         where = f"{error.filename}：" if getattr(error, "filename", None) else ""
         hint = _OS_HINTS.get(error.errno, f"{error.strerror or text} / OS error")
@@ -97,11 +114,11 @@ def message_for(error: BaseException) -> tuple[str, int]:
         return _first_line(text), EXIT_USAGE
     if isinstance(error, FloatingPointError):
         return _first_line(text), EXIT_FAILURE
+    if isinstance(error, RecursionError):  # 安全网：嵌套几万层的 JSON/pickle 之类
+        return "输入文件嵌套太深（例如一行 JSON 里有成千上万层括号），无法解析 / input nested too deeply", EXIT_FAILURE
     if isinstance(error, KeyError):
         return (f"文件里缺少必需的键 {text}；它不是这里需要的 clipedu 检查点或 CLIP 权重 / missing key",
                 EXIT_FAILURE)
-    if isinstance(error, MemoryError):
-        return "内存不足；请减小 --batch-size 或 --num-workers / out of memory", EXIT_FAILURE
     if type(error).__name__ == "SafetensorError":
         return f"safetensors 文件损坏或格式不对（{_first_line(text)}） / invalid safetensors file", EXIT_FAILURE
     name = type(error).__name__
@@ -118,9 +135,11 @@ def report(error: BaseException, stream=None) -> int:
     message, code = message_for(error)
     if not _KEY_PHRASE.search(message):  # 每条说明都带英文关键词，便于搜索与日志过滤
         message += " / " + ("invalid input" if code == EXIT_USAGE else "failed")
+    # 中文之后紧跟的 “/ key phrase” 补上空格：统一成 “… / key phrase”（路径里的 / 不动）
+    message = re.sub(r"(?<=[^\x00-\x7f])/\s*(?=[A-Za-z][\w ,.:'()-]*$)", " / ", message)
     print(f"错误：{message}", file=stream, flush=True)
     return code
 
 
-__all__ = ["UsageError", "RunError", "message_for", "report", "describe_unsafe_pickle", "unsafe_global",
+__all__ = ["UsageError", "RunError", "CorruptFileError", "message_for", "report", "describe_unsafe_pickle", "unsafe_global",
            "EXIT_FAILURE", "EXIT_USAGE", "EXIT_INTERRUPTED"]

@@ -15,15 +15,25 @@ FORMAT = "clipedu-checkpoint"
 
 def stored_config(path: str):
     """clipedu 写的文件 → 其中保存的 ``CLIPConfig``；别的文件（OpenAI、open_clip）→ None。"""
-    from .config import CLIPConfig
+    from .config import config_from_file
 
     path = str(path)
     if path.endswith(".safetensors"):
         from safetensors import safe_open
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
+
+        from .errors import CorruptFileError
+        try:
+            with safe_open(path, framework="pt") as f:
+                meta = f.metadata() or {}
+        except Exception as e:  # noqa: BLE001  SafetensorError：文件头坏了或被截断
+            raise CorruptFileError(f"{path} 不是有效的 safetensors 文件（{type(e).__name__}: {str(e)[:100]}）"
+                                   " / invalid safetensors file") from None
         if meta.get("format") == FORMAT and "config" in meta:
-            return CLIPConfig.from_dict(json.loads(meta["config"]))
+            try:
+                config = json.loads(meta["config"])
+            except (ValueError, RecursionError):
+                config = None  # 交给 config_from_file 报告
+            return config_from_file(config, path)
         return None
     from .pretrained import is_torchscript
     if is_torchscript(path):
@@ -31,7 +41,7 @@ def stored_config(path: str):
     from .checkpoint import load_checkpoint
     ckpt = load_checkpoint(Path(path))
     if ckpt.get("format") == FORMAT and isinstance(ckpt.get("config"), dict):
-        return CLIPConfig.from_dict(ckpt["config"])
+        return config_from_file(ckpt["config"], path)
     return None
 
 
@@ -52,12 +62,9 @@ def refuse_unconfigured(path: str) -> ValueError:
 
 def build_from_config(config, sd: dict, path: str):
     """按保存的配置建 CLIP 并严格载入权重（键、形状不一致时列出差异）。"""
-    from .checkpoint import load_state_dict_checked
-    from .model import CLIP
+    from .checkpoint import build_model_checked
 
-    model = CLIP(config)
-    load_state_dict_checked(model, sd)
-    return model
+    return build_model_checked(config, sd)
 
 
 __all__ = ["stored_config", "looks_like_clipedu", "refuse_unconfigured", "build_from_config"]

@@ -25,12 +25,13 @@ import torch
 
 from .checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .outdir import OutDirLock, check_out_dir_unused, clear_run_files
 from .trainer import train
 
 CACHE_ENV = "CLIPEDU_CACHE"
 CACHE_FORMAT = 1
 # 不影响训练结果的字段：不进键
-_NOT_IN_KEY = ("out_dir", "progress", "tensorboard", "log_every", "save_every", "keep_last")
+_NOT_IN_KEY = ("out_dir", "overwrite", "progress", "tensorboard", "log_every", "save_every", "keep_last")
 
 
 def cache_dir() -> Path:
@@ -71,7 +72,11 @@ def train_cached(cfg: TrainConfig, train_dataset=None, data_key: Optional[str] =
     # 同一个键同时只有一个进程在训练：并行执行的两个笔记本要同一个模型时，后到的等前一个训完，再从缓存还原
     with _entry_lock(entry):
         if (entry / "meta.json").is_file():
-            history = _restore(entry, Path(cfg.out_dir))
+            with OutDirLock(cfg.out_dir):  # 还原与训练守同样的规则：不覆盖已有的训练
+                check_out_dir_unused(cfg.out_dir, None, cfg.overwrite)
+                if cfg.overwrite:
+                    clear_run_files(cfg.out_dir)
+                history = _restore(entry, Path(cfg.out_dir))
             print(f"[clipedu] 从模型缓存还原（{len(history)} 步，键 {entry.name}）：{entry}")
             return history
         history = train(cfg, train_dataset)

@@ -1,11 +1,14 @@
-"""输出目录的守护：一个目录同一时刻只属于一次训练，旧的训练不会被悄悄覆盖（见第 5 章 sec-code-checkpoint）。
+"""输出目录的守护：一个目录同一时刻只属于一个进程，旧的训练不会被悄悄覆盖（见第 5 章 sec-code-checkpoint）。
 
 两条规则：
-- **锁**：训练期间目录里有 ``.clipedu.lock``（JSON：pid、主机、进程启动时刻、开始时间）。
-  另一个进程再来会得到清楚的错误；持锁进程已经不在了（被 kill -9、断电）的锁是陈旧锁，
-  会被宣布并接管。torchrun 的各个 rank 属于同一次训练，只有 0 号进程持锁。
-- **不覆盖**：命令行在一个已有内容的目录里开始新训练时拒绝，除非给出 ``--resume``（接着训练）
-  或 ``--overwrite``（丢弃旧的训练文件，从头开始）。
+- **锁**：写输出目录的命令（train、data shard、index、export）运行期间，目录里有 ``.clipedu.lock``
+  （JSON：pid、主机、进程启动时刻、开始时间）。另一个进程再来会得到清楚的错误；持锁进程已经不在了
+  （被 kill -9、断电）的锁是陈旧锁，会被宣布并接管。torchrun 的各个 rank 属于同一次训练，只有 0 号进程持锁。
+- **不覆盖**：``train(cfg)``（命令行与 API 一样）在一个已有内容的目录里开始新训练时拒绝，除非给出
+  ``resume``（接着训练）或 ``overwrite``（丢弃旧的训练文件，从头开始）。
+
+目录旗标的检查也在这里：``ensure_dir``（--out：是文件、在文件之下、不可写、符号链接环）与
+``require_dir``、``require_regular_file``（--images、--root、--data-path 这类输入路径）。
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
@@ -63,6 +67,12 @@ def _alive(pid: int, start: Optional[str]) -> bool:
 def ensure_dir(out_dir: str | os.PathLike, flag: str = "--out") -> Path:
     """建好输出目录；它是文件、在文件之下或不可写时抛 UsageError，指明旗标与路径。"""
     path = Path(out_dir)
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # 下面建目录时说清楚
+    except OSError as e:  # 符号链接环（ELOOP）、路径太长……
+        raise UsageError(f"{flag} {path}：无法访问（{e.strerror}）；请换一个输出目录 / bad output path") from None
     if path.exists() and not path.is_dir():
         raise UsageError(f"{flag} {path} 是一个文件，不是目录；请换一个输出目录 / output path is a file")
     try:
@@ -73,9 +83,33 @@ def ensure_dir(out_dir: str | os.PathLike, flag: str = "--out") -> Path:
     except PermissionError:
         raise UsageError(f"{flag} {path}：没有权限创建这个目录；请换一个可写的位置 / permission denied") from None
     except OSError as e:
-        raise UsageError(f"{flag} {path}：无法创建目录（{e.strerror}）/ cannot create output directory") from None
+        raise UsageError(f"{flag} {path}：无法创建目录（{e.strerror}） / cannot create output directory") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {path} 不可写；请换一个可写的输出目录 / output directory is not writable")
+    return path
+
+
+def require_dir(path: str | os.PathLike, what: str, flag: str) -> str:
+    """用户给出的目录：不存在、不是目录（文件、FIFO）、符号链接环时各给一行说明，指明旗标。"""
+    path = os.path.expanduser(str(path))
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{flag} {path}：{what}不存在；请检查路径 / directory not found") from None
+    except OSError as e:  # 符号链接环（ELOOP）、没有权限……
+        raise UsageError(f"{flag} {path}：无法访问（{e.strerror}） / bad directory") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{flag} {path} 不是目录（是文件、FIFO 或设备）；请给出{what}的路径 / not a directory")
+    return path
+
+
+def require_regular_file(path: str | os.PathLike, what: str, flag: str) -> str:
+    """用户给出的文件路径：不存在或不是普通文件时抛清楚的错误，指明旗标。"""
+    path = os.path.expanduser(str(path))
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"找不到{what} {path}；请检查 {flag} / file not found")
+    if not os.path.isfile(path):
+        raise UsageError(f"{flag} {path} 不是普通文件（是目录、FIFO 或设备）；请给出{what}的路径 / not a regular file")
     return path
 
 
@@ -84,11 +118,11 @@ class OutDirLock:
 
     _held: dict[str, int] = {}  # 本进程持有的锁：路径 -> 嵌套层数
 
-    def __init__(self, out_dir: str | os.PathLike, enabled: Optional[bool] = None):
-        self.out_dir = Path(out_dir)
+    def __init__(self, out_dir: str | os.PathLike, enabled: Optional[bool] = None, flag: str = "--out"):
+        self.out_dir, self.flag = Path(out_dir), flag
         self.path = self.out_dir / LOCK_NAME
         self.enabled = current_rank() == 0 if enabled is None else enabled
-        self._key = str(self.path.resolve()) if self.enabled else ""
+        self._key = ""  # 规范化的锁文件路径：建好目录之后才能 resolve（路径可能是坏的符号链接）
 
     def _record(self) -> dict:
         return {"pid": os.getpid(), "host": socket.gethostname(), "start": _proc_start(os.getpid()),
@@ -98,7 +132,7 @@ class OutDirLock:
         try:
             info = json.loads(self.path.read_text(encoding="utf-8"))
             return info if isinstance(info, dict) and isinstance(info.get("pid"), int) else None
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None
 
     def _try_create(self) -> bool:
@@ -116,11 +150,13 @@ class OutDirLock:
     def acquire(self) -> "OutDirLock":
         if not self.enabled:
             return self
+        self._created = not self.out_dir.exists()  # 失败的运行不留下空目录
+        ensure_dir(self.out_dir, self.flag)
+        self._key = str(self.path.resolve())
         if self._key in self._held:
             self._held[self._key] += 1
+            self._created = False
             return self
-        self._created = not self.out_dir.exists()  # 失败的训练不留下空目录
-        ensure_dir(self.out_dir)
         for _ in range(3):
             if self._try_create():
                 self._held[self._key] = 1
@@ -139,18 +175,18 @@ class OutDirLock:
                       file=sys.stderr)
             elif info.get("host") != socket.gethostname():
                 raise RunError(
-                    f"输出目录 {self.out_dir} 正被主机 {info.get('host')} 上的训练（pid {info['pid']}，"
-                    f"始于 {info.get('since')}）使用；请换一个 --out。若确认那次训练已经结束，删掉 {self.path} 再试 "
-                    "/ output directory is locked by another host")
+                    f"输出目录 {self.out_dir} 正被主机 {info.get('host')} 上的 clipedu 进程（pid {info['pid']}，"
+                    f"始于 {info.get('since')}）使用；请换一个 {self.flag}。若确认那个进程已经结束，删掉 {self.path} "
+                    "再试 / output directory is locked by another host")
             elif info["pid"] == os.getpid() or _alive(info["pid"], info.get("start")):
                 raise RunError(
-                    f"输出目录 {self.out_dir} 正被另一个训练进程使用（pid {info['pid']}，始于 {info.get('since')}："
-                    f"{info.get('argv', '')}）；请等它结束或换一个 --out / output directory is locked")
+                    f"输出目录 {self.out_dir} 正被另一个 clipedu 进程使用（pid {info['pid']}，始于 {info.get('since')}："
+                    f"{info.get('argv', '')}）；请等它结束或换一个 {self.flag} / output directory is locked")
             else:
                 print(f"[clipedu] {self.path} 的持有者（pid {info['pid']}，始于 {info.get('since')}）已不在运行，"
                       "接管这个陈旧的锁 / taking over stale lock", file=sys.stderr)
             self.path.unlink(missing_ok=True)
-        raise RunError(f"无法获得输出目录 {self.out_dir} 的锁（{self.path} 反复被别的进程抢走）/ output directory is locked")
+        raise RunError(f"无法获得输出目录 {self.out_dir} 的锁（{self.path} 反复被别的进程抢走） / output directory is locked")
 
     def release(self) -> None:
         if not self.enabled or self._key not in self._held:
@@ -184,17 +220,20 @@ def run_files(out_dir: str | os.PathLike) -> list[Path]:
 
 
 def check_out_dir_unused(out_dir: str | os.PathLike, resume: Optional[str], overwrite: bool) -> None:
-    """命令行的 “不覆盖” 规则：目录非空时必须说明是 --resume 还是 --overwrite。须在持锁后调用。"""
+    """“不覆盖” 规则：目录非空时必须说明是接着训练（resume）还是丢弃旧训练（overwrite）。须在持锁后调用。"""
     if resume and overwrite:
         raise UsageError("--resume 与 --overwrite 不能同时使用：一个接着旧训练，一个丢弃旧训练 / conflicting flags")
     existing = run_files(out_dir)
-    if not existing or resume:
+    if not existing or resume or overwrite:
         return
     names = ", ".join(p.name for p in existing[:6]) + (" …" if len(existing) > 6 else "")
-    if not overwrite:
-        raise UsageError(
-            f"输出目录 {out_dir} 不是空的（{names}）；接着那次训练请加 --resume latest，"
-            "丢弃它从头训练请加 --overwrite，或换一个 --out / output directory not empty")
+    raise UsageError(
+        f"输出目录 {out_dir} 不是空的（{names}）；接着那次训练请加 --resume latest（API：resume=\"latest\"），"
+        "丢弃它从头训练请加 --overwrite（API：overwrite=True），或换一个 --out / output directory not empty")
+
+
+def clear_run_files(out_dir: str | os.PathLike) -> list[str]:
+    """``overwrite``：删掉上一次训练写的文件（只删 RUN_FILES，别的文件不动），返回删掉的名字。"""
     removed = []
     for pattern in RUN_FILES:
         for p in Path(out_dir).glob(pattern):
@@ -202,6 +241,7 @@ def check_out_dir_unused(out_dir: str | os.PathLike, resume: Optional[str], over
             removed.append(p.name)
     if removed:
         print(f"[clipedu] --overwrite：删除了 {out_dir} 里旧训练的 {', '.join(sorted(removed))}", file=sys.stderr)
+    return removed
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -219,12 +259,12 @@ def check_resume_config(cfg, ckpt: dict, path) -> None:
 
     ``--init-from`` 的运行，模型来自那个文件而不是预设，这里不比较。
     """
-    from .config import CLIPConfig
+    from .config import config_from_file
 
     if cfg.init_from or not isinstance(ckpt.get("config"), dict):
         return
     want = _flatten(cfg.model_config().to_dict())
-    have = _flatten(CLIPConfig.from_dict(ckpt["config"]).to_dict())
+    have = _flatten(config_from_file(ckpt["config"], path).to_dict())
     diff = [f"{k}: 检查点 {have.get(k)!r} ≠ 现在 {want.get(k)!r}" for k in sorted(set(want) | set(have))
             if have.get(k) != want.get(k)]
     if diff:
@@ -241,4 +281,5 @@ def check_resume_config(cfg, ckpt: dict, path) -> None:
             f"{hint}，或换一个 --out 从头训练 / resume config mismatch")
 
 
-__all__ = ["LOCK_NAME", "check_resume_config", "OutDirLock", "check_out_dir_unused", "current_rank", "ensure_dir", "run_files"]
+__all__ = ["LOCK_NAME", "check_resume_config", "OutDirLock", "check_out_dir_unused", "clear_run_files", "current_rank",
+           "ensure_dir", "require_dir", "require_regular_file", "run_files"]

@@ -19,8 +19,9 @@ from collections import OrderedDict
 import torch
 
 from .bert_tokenizer import BertChineseTokenizer, tokenizer_from_state_dict
-from .checkpoint import is_clipedu_checkpoint, load_checkpoint, load_state_dict_checked
-from .config import CLIPConfig, TextConfig, VisionConfig
+from .errors import CorruptFileError
+from .checkpoint import build_model_checked, check_zip_crc, is_clipedu_checkpoint, load_checkpoint
+from .config import CLIPConfig, TextConfig, VisionConfig, config_from_file
 from .model import CLIP
 from .tokenizer import ChineseTokenizer
 
@@ -118,29 +119,39 @@ def is_torchscript(path: str) -> bool:
         return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
 
 
+def load_safetensors(path: str) -> dict[str, torch.Tensor]:
+    """读 .safetensors；文件头或数据坏了时说出是哪个文件。"""
+    from safetensors.torch import load_file
+    try:
+        return load_file(path, device="cpu")
+    except Exception as e:  # noqa: BLE001  SafetensorError、截断时的 OSError 等
+        raise CorruptFileError(f"{path} 不是有效的 safetensors 文件（{type(e).__name__}: {str(e)[:100]}）"
+                               " / invalid safetensors file") from None
+
+
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """从 .safetensors / state dict / TorchScript 存档里只读出张量，去掉 ``module.`` 与 ``state_dict`` 外壳。"""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"找不到权重文件 {path!r}；本库不联网下载，请先把权重放到本地 / file not found")
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        sd = load_file(path, device="cpu")
+        sd = load_safetensors(path)
     elif is_torchscript(path):
         sd = _read_torchscript(path)
     else:
+        check_zip_crc(path)  # 中间坏了的 zip：torch.load 不核对校验和
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
             from .errors import describe_unsafe_pickle, unsafe_global  # [hardening]
             if unsafe_global(e) is None:
-                raise ValueError(f"{path!r} 已损坏或不是 PyTorch 权重文件"
-                                 f" / corrupt weights file") from None
+                raise CorruptFileError(f"{path!r} 已损坏或不是 PyTorch 权重文件"
+                                       f" / corrupt weights file") from None
             raise ValueError(f"拒绝加载 {path!r}：{describe_unsafe_pickle(e)}"
                              f" / refused unsafe pickle") from None
         except Exception as e:  # noqa: BLE001  截断的 zip、乱码文件会从各层抛出各种异常
-            raise ValueError(f"{path!r} 已损坏或被截断"
-                             f"（{type(e).__name__}: {str(e)[:100]}）"
-                             f" / corrupt or truncated weights file") from None
+            raise CorruptFileError(f"{path!r} 已损坏或被截断"
+                                   f"（{type(e).__name__}: {str(e)[:100]}）"
+                                   f" / corrupt or truncated weights file") from None
     for wrapper in ("state_dict", "model"):  # 训练脚本常见的外壳：{"state_dict": {...}, "epoch": ...}
         if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
             sd = sd[wrapper]
@@ -179,6 +190,9 @@ def infer_config(sd: dict[str, torch.Tensor], quick_gelu: bool = True) -> CLIPCo
     text = TextConfig(vocab_size=vocab, context_length=sd["positional_embedding"].shape[0], width=text_width,
                       heads=text_width // 64, layers=_count_blocks(sd, "transformer.resblocks."),
                       eos_token_id=vocab - 1)  # OpenAI 词表里 <|endoftext|> 是最大的 id（49407）
+    if vision.heads < 1 or text.heads < 1:  # 头数按宽度 // 64 推断：更窄的不是 OpenAI/open_clip 的权重
+        raise ValueError(f"宽度（图像 {vision.width}、文本 {text_width}）小于 64，推断不出头数，不像 OpenAI/open_clip"
+                         " 的权重；clipedu 自己训练的模型请用带配置的 .pt 检查点 / cannot infer architecture")
     return CLIPConfig(embed_dim=sd["text_projection"].shape[1], vision=vision, text=text, quick_gelu=quick_gelu)
 
 
@@ -250,13 +264,21 @@ def load_init_weights(
     （整个图像塔与文本 Transformer），换成中文词表，只有 ``token_embedding`` 按新
     词表重新初始化。常与 ``--lock-image`` 一起用。
     """
+    from .fileinfo import looks_like_clipedu, refuse_unconfigured, stored_config
+
     path = str(path)
     if not (path.endswith(".safetensors") or is_torchscript(path)):
         ckpt = load_checkpoint(path)
         if is_clipedu_checkpoint(ckpt):
-            return (CLIPConfig.from_dict(ckpt["config"]), ckpt["model"],
+            return (config_from_file(ckpt["config"], path), ckpt["model"],
                     tokenizer_from_state_dict(ckpt["tokenizer"]))
     sd = read_state_dict(path)
+    stored = stored_config(path)  # clipedu 导出的 .safetensors：照保存的配置，不推断
+    if stored is not None:
+        tok_cls = BertChineseTokenizer if stored.text.arch == "bert" else ChineseTokenizer
+        return stored, sd, tok_cls(context_length=stored.text.context_length)
+    if looks_like_clipedu(sd):
+        raise refuse_unconfigured(path)
     from .cnclip_weights import (infer_cnclip_config, is_cnclip_state_dict,
                                  normalize_keys)
     if is_cnclip_state_dict(sd):
@@ -288,12 +310,10 @@ def init_model_from(path: str) -> tuple[CLIP, ChineseTokenizer]:
     从英文权重来时只有 token_embedding 保持随机初始化。
     """
     config, state, tokenizer = load_init_weights(path)
-    model = CLIP(config)
     # 从英文权重初始化时 token_embedding 按中文词表重建，其余键必须齐全且形状一致；
     # Chinese-CLIP 的键必须全部齐全
     strict = "token_embedding.weight" in state or config.text.arch == "bert"
-    load_state_dict_checked(model, state, strict=strict)
-    return model, tokenizer
+    return build_model_checked(config, state, strict=strict), tokenizer
 
 
 __all__ = ["load_pretrained", "read_state_dict", "infer_config", "english_tokenizer",

@@ -36,8 +36,8 @@ def read_log(path: str | os.PathLike) -> list[dict]:
     for line in p.read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # 只丢这一行：被杀时写了一半的行，或中间坏掉的行
+        except (json.JSONDecodeError, RecursionError):
+            continue  # 只丢这一行：被杀时写了一半的行、中间坏掉的行，或嵌套几万层的行
         if not isinstance(record, dict):
             continue
         if "logit_scale" in record and "inv_temperature" not in record:
@@ -59,6 +59,11 @@ class RunLogger:
         if not enabled:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        for path in (self.log_path, self.out_dir / "metrics.json"):
+            if os.path.lexists(path) and not os.path.isfile(path):  # 写 FIFO 会一直等读者，写设备会丢掉日志
+                from .errors import UsageError
+                raise UsageError(f"{path} 不是普通文件（目录、FIFO、设备或断开的链接）；删掉它，"
+                                 "或换一个 --out / not a regular file")
         if resume_step is None:
             self.log_path.write_text("", encoding="utf-8")  # 新训练：清空旧日志
         else:

@@ -27,12 +27,12 @@ from tqdm.auto import tqdm
 from .bert_tokenizer import BertChineseTokenizer, tokenizer_from_state_dict
 from .checkpoint import (load_resume_checkpoint, restore_training_state,
                          save_training_checkpoint)
-from .config import CLIPConfig, TrainConfig
+from .config import CLIPConfig, TrainConfig, config_from_file
 from .distributed import (all_reduce_mean, barrier, broadcast_flag, init_distributed,
                           is_dist)
 from .loss import ClipLoss
 from .optim import build_optimizer, build_scheduler, observe_time
-from .outdir import OutDirLock, check_resume_config
+from .outdir import OutDirLock, check_out_dir_unused, check_resume_config, clear_run_files
 from .precision import Precision, build_precision, prepare_model
 from .run_log import RunLogger
 from .sampler import batch_stream
@@ -66,15 +66,21 @@ def train(cfg: TrainConfig, train_dataset=None) -> list[dict]:
     """按 cfg 训练 CLIP，返回每个优化器步的记录（与 log.jsonl 每行相同）。
 
     输出目录里写 ``log.jsonl``、``metrics.json``、``last.pt``（和按 save_every 保存的
-    ``ckpt_step{N}.pt``）。``train_dataset`` 可传入自己的 ``(image, caption, label)``
-    数据集，否则按 ``cfg.dataset`` 构建。用 torchrun 启动时自动做 DDP。
+    ``ckpt_step{N}.pt``）。目录里已有一次训练时拒绝，除非 ``cfg.resume``（接着训练）或
+    ``cfg.overwrite``（删掉旧训练的文件）。``train_dataset`` 可传入自己的
+    ``(image, caption, label)`` 数据集，否则按 ``cfg.dataset`` 构建。用 torchrun 启动时自动做 DDP。
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"train 需要 TrainConfig，实际为 {type(cfg).__name__}")
     cfg.validate()  # 构造之后被改坏的字段在这里拦住
     owns_group = not is_dist()  # 进程组由这里创建的，结束时也由这里销毁
-    with OutDirLock(cfg.out_dir):  # 一个输出目录同一时间只属于一次训练（0 号进程持锁）
+    # 一个输出目录同一时间只属于一次训练（0 号进程持锁）；先持锁再检查，别的进程不能在检查之后抢进来
+    with OutDirLock(cfg.out_dir) as lock:
+        if lock.enabled:
+            check_out_dir_unused(cfg.out_dir, cfg.resume, cfg.overwrite)
         state, dataset, resumed = build_state(cfg, train_dataset)
+        if cfg.overwrite and lock.enabled:
+            clear_run_files(cfg.out_dir)  # 新训练的配置与数据都没问题了，才删旧训练
         logger = RunLogger(cfg.out_dir, enabled=state.rank == 0,
                            tensorboard=cfg.tensorboard,
                            resume_step=state.step if resumed else None)
@@ -289,6 +295,17 @@ def check_batch_layout(cfg: TrainConfig, world_size: int) -> None:
         )
 
 
+def check_batch_fits(cfg: TrainConfig, dataset) -> None:
+    """批大于训练集时，同一批里必有重复的图文对：它们互为“负样本”，损失是错的。"""
+    if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
+        return  # 流式数据不知道大小
+    if cfg.batch_size > len(dataset):
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} 大于训练集的样本数 {len(dataset)}：同一批里会有重复的"
+            f"图文对，互相当作负样本。请把 --batch-size 减到 {len(dataset)} 以下，或用更多数据"
+            f" / batch larger than dataset")
+
+
 def build_model(cfg: TrainConfig, resume_ckpt: dict | None):
     """建模型与分词器：续训用检查点里的配置，--init-from 载入权重，否则随机初始化。"""
     from .model import CLIP
@@ -296,7 +313,7 @@ def build_model(cfg: TrainConfig, resume_ckpt: dict | None):
 
     seed_everything(cfg.seed)  # 所有进程用同一个种子初始化，参数一开始就一致
     if resume_ckpt is not None:  # 权重稍后由 restore_training_state 载入
-        model = CLIP(CLIPConfig.from_dict(resume_ckpt["config"]))
+        model = CLIP(config_from_file(resume_ckpt["config"], cfg.resume))
         tokenizer = tokenizer_from_state_dict(resume_ckpt["tokenizer"])
     elif cfg.init_from:
         model, tokenizer = init_model_from(cfg.init_from)
@@ -348,6 +365,7 @@ def build_state(cfg: TrainConfig, train_dataset=None) -> tuple[TrainState, Any, 
     optimizer = build_optimizer(raw, cfg, device)
     if train_dataset is None:
         train_dataset = build_train_dataset(cfg, raw.config.vision.image_size)
+    check_batch_fits(cfg, train_dataset)
     state = TrainState(
         cfg=cfg, device=device, rank=rank, world_size=world_size,
         model_config=raw.config, raw_model=raw,

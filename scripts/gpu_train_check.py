@@ -48,7 +48,8 @@ def main() -> int:
     results, failed = {}, []
     for name, kw in CASES:
         torch.cuda.reset_peak_memory_stats()
-        cfg = TrainConfig(out_dir=f"{args.out}/{name}", steps=args.steps, batch_size=256, lr=2e-3,
+        cfg = TrainConfig(out_dir=f"{args.out}/{name}", overwrite=True,  # 重跑时覆盖上一次的检查
+                          steps=args.steps, batch_size=256, lr=2e-3,
                           warmup_steps=10, eval_size=500, progress=False, device="cuda", **kw)
         t0 = time.perf_counter()
         try:

@@ -77,7 +77,9 @@ def test_export_cli_rejects_unknown_format(tmp_path):
     from clipedu.cli import main
 
     ckpt = save_random_checkpoint(tmp_path / "m.pt")
-    assert main(["export", "--checkpoint", str(ckpt), "--format", "tensorrt", "--out", str(tmp_path / "o")]) == 2
+    with pytest.raises(SystemExit) as e:  # argparse：不认识的 --format 是用法错误
+        main(["export", "--checkpoint", str(ckpt), "--format", "tensorrt", "--out", str(tmp_path / "o")])
+    assert e.value.code == 2
     assert main(["serve", "--index", str(tmp_path), "--checkpoint", str(ckpt)]) == 2  # 不是索引目录
 
 

@@ -7,7 +7,6 @@ import errno
 import json
 import os
 import pickle
-import signal
 import socket
 import subprocess
 import sys
@@ -17,41 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipedu.cli import main
+from cli_helpers import TRAIN, cli as _cli, no_hang, one_clear_line as _one_clear_line  # noqa: F401
 from clipedu.config import CLIPConfig, TextConfig, TrainConfig, VisionConfig
 from realdata_fixtures import jpeg_bytes, png_bytes, write_csv_folder, write_fake_cifar
 
-TRAIN = ["train", "--steps", "2", "--batch-size", "4", "--eval-size", "0", "--device", "cpu", "--no-progress",
-         "--warmup-steps", "1"]
-
-
-@pytest.fixture(autouse=True)
-def no_hang():
-    """任何一个测试超过 60 秒就算失败（“永远不停”被变成一个清楚的失败），而不是拖住整个测试集。"""
-    def _alarm(signum, frame):
-        raise TimeoutError("测试超时：命令没有在时限内结束")
-    old = signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(60)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
-
-
-def _cli(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _one_clear_line(err: str) -> str:
-    """stderr 的最后一行是 “错误：……/ english key phrase”，没有调用栈。"""
-    assert "Traceback" not in err, err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("错误：") and " / " in last, err
-    return last
+pytestmark = pytest.mark.usefixtures("no_hang")
 
 
 class Evil:
@@ -363,6 +332,10 @@ def test_fifo_and_device_paths_never_block(tmp_path, capsys):
     rc, _, err = _cli(capsys, *TRAIN, "--out", tmp_path / "r2", "--dataset", "csv", "--data-path", csv,
                       "--max-bad-fraction", "0.5")
     assert rc == 0, err
+    # 以文搜图读图也一样：建索引之后被换成 FIFO 的图片文件不会让 open 卡住
+    from clipedu.search.images import BadImage, read_file
+    with pytest.raises(BadImage, match="unreadable"):
+        read_file(tmp_path / "img_fifo.png")
 
 
 @pytest.mark.slow

@@ -1,6 +1,8 @@
-"""加固（issue 15）里需要真实进程的情形：两个训练抢同一个 --out、kill -9 之后续训（Ctrl-C 见 test_hardening.py）。"""
+"""加固（issue 15）里需要真实进程的情形：torchrun 任务与第二个训练抢同一个 --out、kill -9 之后续训
+（Ctrl-C 见 test_hardening.py）。"""
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -39,24 +41,53 @@ def _last_line(err: str) -> str:
 
 
 @pytest.mark.slow
-def test_second_process_gets_a_lock_error_and_kill_9_leaves_a_stale_lock(tmp_path, capsys):
-    """第一个训练在子进程里跑；本测试进程就是 “第二个进程”（进程内调用 main，省一次启动）。"""
+def test_torchrun_ranks_share_one_lock_a_second_job_is_refused_and_kill_9_leaves_a_stale_lock(tmp_path, capsys):
+    """第一个训练是 torchrun 的两个 rank（gloo，CPU）：只有 0 号进程持锁，1 号不因它报错（训练在走，
+    每一步都要两个 rank 一起）。本测试进程是同时来的 “第二个训练”（进程内调用 main，省一次启动）：被拒绝。
+    然后 kill -9 整个任务：锁留下来，成了陈旧锁，下一次续训宣布并接管它。"""
+    import clipedu.trainer  # noqa: F401  先导入：第二个训练的检查要在第一个还在跑时完成
     from clipedu.cli import main
 
     out = tmp_path / "run"
-    first = _start(out, "--steps", "100000", "--time-budget", "120", "--save-every", "1")
+    job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                            "-m", "clipedu", *TRAIN, "--out", str(out), "--steps", "100000", "--time-budget", "120",
+                            "--save-every", "1"], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
     try:
-        _wait_training(first, out)
-        assert json.loads((out / ".clipedu.lock").read_text())["pid"] == first.pid
+        _wait_training(job, out)
+        holder = json.loads((out / ".clipedu.lock").read_text())["pid"]
+        assert holder != job.pid  # 持锁的是 0 号 worker，不是 torchrun 本身
         rc = main([*TRAIN, "--out", str(out), "--resume", "latest", "--steps", "1"])
         line = _last_line(capsys.readouterr().err)
-        assert rc == 1 and "output directory is locked" in line and f"pid {first.pid}" in line
-        assert first.poll() is None  # 第一个训练不受影响
+        assert rc == 1 and "output directory is locked" in line and f"pid {holder}" in line
+        assert job.poll() is None  # 第一个训练不受影响
     finally:
-        first.kill()  # kill -9：来不及释放锁
-        first.wait()
-    assert (out / ".clipedu.lock").exists()
+        workers = _children(job.pid)  # torchrun 把 worker 放在各自的会话里：得逐个 kill
+        for pid in [*workers, job.pid]:
+            os.kill(pid, signal.SIGKILL)  # kill -9：来不及释放锁
+        job.communicate()
+    assert holder in workers and (out / ".clipedu.lock").exists()
+    for _ in range(100):  # 等 worker 真正消失（它们不是本进程的子进程，没法 wait）
+        if not any(_pid_alive(p) for p in workers):
+            break
+        time.sleep(0.1)
     rc = main([*TRAIN, "--out", str(out), "--resume", "latest", "--steps", "1"])
     err = capsys.readouterr().err
     assert rc == 0 and "stale lock" in err and "Traceback" not in err
     assert not (out / ".clipedu.lock").exists()
+
+
+def _children(pid: int) -> list[int]:
+    """Linux：/proc 里记下的直接子进程。"""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -182,7 +182,7 @@ def test_server_refuses_a_corrupt_index_and_leaves_it_alone(setup, tmp_path):
     r = subprocess.run([sys.executable, "-m", "clipedu", "serve", "--index", str(idx), "--checkpoint",
                         str(setup["ckpt"]), "--port", "9"], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert r.returncode == 2 and "corrupt index" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "corrupt index" in r.stderr and "Traceback" not in r.stderr
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in idx.iterdir()} == digest
 
 

@@ -111,8 +111,8 @@ def read_texts(path: str, known_ids, report: Callable[[BadSample], None]) -> lis
 def _parse_text_line(raw: bytes, where: str, seen: set, known_ids) -> tuple[str, str, list[str]]:
     try:
         obj = json.loads(decode_line(raw, "utf-8", where))
-    except json.JSONDecodeError as e:
-        raise BadSample("malformed_row", where, f"不是合法 JSON：{e}") from None
+    except (json.JSONDecodeError, RecursionError) as e:  # 几万层括号：json 递归太深，只丢这一行
+        raise BadSample("malformed_row", where, f"不是合法 JSON：{str(e)[:80]}") from None
     if not isinstance(obj, dict) or "text_id" not in obj or not isinstance(obj.get("image_ids"), list):
         raise BadSample("malformed_row", where, '应为 {"text_id", "text", "image_ids": [...]}')
     text_id = str(obj["text_id"])

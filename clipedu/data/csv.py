@@ -13,8 +13,8 @@ import csv as _csv
 import os
 from typing import Callable, Optional
 
-from .robust import (BadSample, RobustDataset, clean_caption, decode_image, decode_line, iter_lines,
-                     open_regular, require_regular_file)
+from ..outdir import require_regular_file
+from .robust import BadSample, RobustDataset, clean_caption, decode_image, decode_line, iter_lines, open_regular
 
 MAX_ROW_BYTES = 2**20  # 一行（图像路径 + 文本）的上限；更长的多半是误指的二进制文件
 
@@ -22,7 +22,8 @@ MAX_ROW_BYTES = 2**20  # 一行（图像路径 + 文本）的上限；更长的�
 def separator_for(path: str, sep: Optional[str] = None) -> str:
     """扩展名决定分隔符：.tsv → 制表符，其余（.csv）→ 逗号；``sep`` 显式给出时优先。"""
     if sep is not None:
-        return sep
+        from ..config import check_separator
+        return check_separator(sep)
     return "\t" if path.lower().endswith((".tsv", ".tsv.txt")) else ","
 
 

@@ -15,6 +15,8 @@ from typing import Callable, Optional
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from ..errors import CorruptFileError
+from ..outdir import require_dir
 from .robust import BadSample, RobustDataset, decode_image, open_regular
 
 CIFAR10_CLASSNAMES_ZH = ["飞机", "汽车", "鸟", "猫", "鹿", "狗", "青蛙", "马", "船", "卡车"]
@@ -70,7 +72,11 @@ class _CifarUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"global {module}.{name}")
+        raise _RefusedGlobal(f"global {module}.{name}")
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    """文件要求一个不许可的全局名字（恶意载荷的样子）；乱码、截断的 pickle 抛的是别的 UnpicklingError。"""
 
 
 def _load_cifar_pickle(path: str) -> dict:
@@ -78,14 +84,15 @@ def _load_cifar_pickle(path: str) -> dict:
     try:
         with open_regular(path, _CIFAR_MAX_BYTES) as f:
             obj = _CifarUnpickler(f, encoding="latin1").load()
-    except pickle.UnpicklingError as e:
+    except _RefusedGlobal as e:
         raise ValueError(
             f"拒绝加载 {path}：文件要求执行 {str(e).removeprefix('global ')}，这不是 CIFAR 数据（只含数组、列表与字符串），"
             "没有执行任何代码。请从官方地址重新下载解压 / refused unsafe pickle") from None
     except BadSample as e:
         raise ValueError(f"{path} {e.detail}；请重新下载 CIFAR / invalid CIFAR file") from None
     except Exception as e:  # noqa: BLE001  截断或乱码的 pickle 会抛各种异常
-        raise ValueError(f"{path} 已损坏或不是 CIFAR 的 python 版批文件（{type(e).__name__}: {e}）/ corrupt CIFAR file") from None
+        raise CorruptFileError(f"{path} 已损坏或不是 CIFAR 的 python 版批文件（{type(e).__name__}: {e}）；"
+                               "请重新下载解压 / corrupt CIFAR file") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path} 应为 dict，实际为 {type(obj).__name__} / invalid CIFAR file")
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
@@ -237,8 +244,8 @@ def _read_mapping_file(root: str, folders: list[str]) -> dict:
     if os.path.exists(path_json):
         try:
             mapping = json.loads(_read_small_text(path_json))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path_json} 不是合法 JSON：{e} / invalid JSON") from None
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise ValueError(f"{path_json} 不是合法 JSON：{str(e)[:80]} / invalid JSON") from None
         if not isinstance(mapping, dict):
             raise ValueError(f"{path_json} 应为 {{文件夹名: 中文名}} 的 JSON 对象，实际为 {type(mapping).__name__}")
         return mapping
@@ -259,9 +266,7 @@ class ImageFolderZh(RobustDataset):
     def __init__(self, root: str, transform: Optional[Callable] = None, classnames: Optional[dict] = None,
                  strict: bool = False, max_bad_fraction: float = 0.01):
         super().__init__(strict, max_bad_fraction)
-        root = os.path.abspath(os.path.expanduser(root))
-        if not os.path.isdir(root):
-            raise FileNotFoundError(f"找不到目录 {root}；ImageFolder 应为 root/类别名/图像文件 的布局")
+        root = os.path.abspath(require_dir(root, "ImageFolder 目录（root/类别名/图像文件）", "--root"))
         self.folders, self.samples, skipped = scan_image_folder(root)
         if not self.folders:
             raise FileNotFoundError(f"{root} 下没有类别子文件夹；应为 root/类别名/图像文件 的布局 / no class folders")

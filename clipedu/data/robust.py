@@ -10,10 +10,12 @@
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import random
 import stat
+import warnings
 from collections import Counter
 from typing import Callable, NamedTuple, Optional
 
@@ -37,6 +39,8 @@ REASONS = (
 
 # 单张图像文件的大小上限：真实照片远小于它；更大的多半是误指的别的文件，整读进内存得不偿失
 MAX_IMAGE_BYTES = 256 * 2**20
+# 宽 × 高的上限（约 7300 × 5500，与以文搜图服务相同）：更大的按解压炸弹处理，不解码像素
+MAX_IMAGE_PIXELS = 40_000_000
 
 
 class BadSample(Exception):
@@ -197,16 +201,6 @@ def iter_lines(f, max_bytes: int):
         yield None, n
 
 
-def require_regular_file(path: str | os.PathLike, what: str, flag: str) -> str:
-    """用户给出的文件路径：不存在或不是普通文件时抛清楚的错误，指明旗标。"""
-    path = os.path.expanduser(str(path))
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"找不到{what} {path}；请检查 {flag} / file not found")
-    if not os.path.isfile(path):
-        raise ValueError(f"{flag} {path} 不是普通文件（是目录、FIFO 或设备）；请给出{what}的路径 / not a regular file")
-    return path
-
-
 def read_file_bytes(path: str | os.PathLike, where: str = "", max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
     """读出一个普通文件的全部字节；任何问题都变成 BadSample，从不阻塞、从不读无限长的设备。"""
     where = where or str(path)
@@ -219,6 +213,14 @@ def read_file_bytes(path: str | os.PathLike, where: str = "", max_bytes: int = M
         raise BadSample("missing_file", where, f"{type(e).__name__}: {e}") from None
 
 
+@contextlib.contextmanager
+def no_bomb_warning():
+    """PIL 对大图的 DecompressionBombWarning 静音：尺寸由调用方自己查（MAX_IMAGE_PIXELS）。"""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
 def decode_image(data: bytes | str | os.PathLike, where: str = "") -> Image.Image:
     """读图并转成 RGB；失败时抛 BadSample（missing_file / corrupt_image 等），从不抛别的。"""
     where = where or str(data if not isinstance(data, bytes) else "<bytes>")
@@ -228,10 +230,14 @@ def decode_image(data: bytes | str | os.PathLike, where: str = "") -> Image.Imag
         fp = io.BytesIO(read_file_bytes(data, where))
     try:
         # 截断的文件要到真正解码像素时才报错；load() 放在这里，让错误发生在 try 之内
-        with Image.open(fp) as img:
+        with no_bomb_warning(), Image.open(fp) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:  # 先看尺寸：几百 KB 的 PNG 能解出几 GB 像素
+                raise BadSample("too_large", where, f"{img.width}×{img.height} 像素，超过上限 {MAX_IMAGE_PIXELS}")
             img.load()
             img = ImageOps.exif_transpose(img)  # 手机拍的照片靠 EXIF 方向标记“站直”
             return to_rgb(img)
+    except BadSample:
+        raise
     except Exception as e:  # noqa: BLE001  PIL 对畸形文件可能抛任何异常（struct.error、IndexError…）
         raise BadSample("corrupt_image", where, f"{type(e).__name__}: {e}") from None
 
@@ -390,7 +396,7 @@ class RobustDataset(Dataset):
 
 
 __all__ = [
-    "RobustDataset", "MAX_IMAGE_BYTES", "iter_lines", "open_regular", "read_file_bytes", "require_regular_file",
+    "RobustDataset", "MAX_IMAGE_BYTES", "iter_lines", "open_regular", "read_file_bytes", "no_bomb_warning",
     "REASONS", "BadSample", "BadSampleError", "BadSampleCounter", "to_rgb", "decode_image",
     "clean_caption", "decode_line", "Sample", "Batch", "collate", "load_with_substitutes", "strict_error",
 ]

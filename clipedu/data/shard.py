@@ -11,11 +11,13 @@ import glob
 import json
 import os
 
+from .. import argtypes
 from ..config import check_encoding
 from ..errors import UsageError
+from ..outdir import OutDirLock
 
 from .csv import CsvDataset
-from .robust import BadSample, BadSampleCounter, decode_image, read_file_bytes, strict_error
+from .robust import BadSample, BadSampleCounter, decode_image, no_bomb_warning, read_file_bytes, strict_error
 
 SHARD_GLOB = "shard-*.tar"
 
@@ -27,11 +29,12 @@ def image_member(data: bytes, where: str, verify: bool) -> tuple[str, bytes]:
     读取端认识的格式（JPEG、PNG、WebP、BMP、TIFF、GIF、PPM）原样写入；其余 PIL 能解码的格式无损转成 PNG。
     """
     import io
+
     from PIL import Image
     from .wds import FORMAT_EXT
 
     try:
-        with Image.open(io.BytesIO(data)) as img:  # 只读文件头，很快
+        with no_bomb_warning(), Image.open(io.BytesIO(data)) as img:  # 只读文件头，很快；尺寸由 decode_image 查
             fmt = img.format
     except Exception as e:  # noqa: BLE001  PIL 对畸形文件可能抛任何异常
         raise BadSample("corrupt_image", where, f"{type(e).__name__}: {e}") from None
@@ -71,23 +74,25 @@ def write_shards(csv_path: str, out_dir: str, shard_size: int = 10000, img_key: 
                        strict=strict, max_bad_fraction=max_bad_fraction)
     # 分母是表格里检查过的行数（建索引时已计入）；读图时才发现的坏图只加分子，每行只计一次
     counter = BadSampleCounter.for_dataset(table, max_bad_fraction, min_seen=0)
-    _prepare_out(out_dir, overwrite)
-    pattern = os.path.join(out_dir, "shard-%06d.tar")
-    written = 0
-    with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0) as sink:
-        for image_path, caption, lineno in table.items:
-            where = f"{table.path} 第 {lineno} 行，图像 {image_path}"
-            try:
-                ext, data = image_member(read_file_bytes(image_path, where), where, verify)
-            except BadSample as e:
-                if strict:
-                    raise strict_error(e) from None
-                counter.add(e.reason, e.describe())
-                counter.seen -= 1
-                continue
-            sink.write({"__key__": f"{written:09d}", ext: data, "txt": caption.encode("utf-8")})
-            written += 1
-        n_shards = sink.shard if written else 0
+    with OutDirLock(out_dir, enabled=True):  # 两个 data shard 写同一个目录会把分片混在一起
+        _prepare_out(out_dir, overwrite)
+        # 绝对路径：webdataset 把以 “pipe:” 开头的名字当成 shell 命令执行，目录名不能被这样解释
+        pattern = os.path.join(os.path.abspath(out_dir), "shard-%06d.tar")
+        written = 0
+        with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0) as sink:
+            for image_path, caption, lineno in table.items:
+                where = f"{table.path} 第 {lineno} 行，图像 {image_path}"
+                try:
+                    ext, data = image_member(read_file_bytes(image_path, where), where, verify)
+                except BadSample as e:
+                    if strict:
+                        raise strict_error(e) from None
+                    counter.add(e.reason, e.describe())
+                    counter.seen -= 1
+                    continue
+                sink.write({"__key__": f"{written:09d}", ext: data, "txt": caption.encode("utf-8")})
+                written += 1
+            n_shards = sink.shard if written else 0
     counter.check(force=True)
     last = max(n_shards - 1, 0)
     return {"written": written, "shards": n_shards,
@@ -106,42 +111,19 @@ def run_shard(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"应为正整数，实际为 {text!r}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:  # 也拒绝 nan
-        raise argparse.ArgumentTypeError(f"应在 [0, 1] 内，实际为 {text!r}")
-    return value
-
-
-def _encoding(text: str) -> str:
-    try:
-        return check_encoding(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"未知的文本编码 {text!r}；常用的有 utf-8、gb18030") from None
-
-
-_positive_int.__name__, _fraction.__name__, _encoding.__name__ = "int", "float", "encoding"
-
-
 def add_shard_parser(subparsers) -> argparse.ArgumentParser:
     """在 ``data`` 子命令的 subparsers 上注册 ``shard``（``args.func`` 为 run_shard）。"""
     p = subparsers.add_parser("shard", help="CSV + 图像文件夹 → WebDataset tar 分片")
     p.add_argument("--csv", required=True, help="open_clip 格式的 CSV/TSV 文件（图像路径相对于它所在目录）")
     p.add_argument("--out", required=True, help="输出目录，写 shard-000000.tar …")
-    p.add_argument("--shard-size", type=_positive_int, default=10000, help="每个分片的样本数")
+    p.add_argument("--shard-size", type=argtypes.int_in(1, 10**7), default=10000, help="每个分片的样本数")
     p.add_argument("--csv-img-key", default="filepath", help="图像路径列名")
     p.add_argument("--csv-caption-key", default="title", help="文本列名")
-    p.add_argument("--csv-separator", default=None, help="分隔符；默认按扩展名（.csv 逗号，.tsv 制表符）")
-    p.add_argument("--encoding", type=_encoding, default="utf-8", help="CSV 编码，如 gb18030")
+    p.add_argument("--csv-separator", type=argtypes.separator, default=None,
+                   help="分隔符；默认按扩展名（.csv 逗号，.tsv 制表符）")
+    p.add_argument("--encoding", type=argtypes.encoding, default="utf-8", help="CSV 编码，如 gb18030")
     p.add_argument("--strict", action="store_true", help="遇到第一个坏样本即报错")
-    p.add_argument("--max-bad-fraction", type=_fraction, default=0.01, help="坏样本比例上限")
+    p.add_argument("--max-bad-fraction", type=argtypes.fraction, default=0.01, help="坏样本比例上限")
     p.add_argument("--overwrite", action="store_true", help="--out 里已有分片时删除它们再写（默认拒绝）")
     p.add_argument("--no-verify", action="store_true", help="不解码验证图像（更快，坏图留到训练时跳过）")
     p.set_defaults(func=run_shard)
@@ -151,7 +133,7 @@ def add_shard_parser(subparsers) -> argparse.ArgumentParser:
 def add_data_parser(subparsers) -> argparse.ArgumentParser:
     """在顶层 subparsers 上注册 ``data``，其下有 ``shard``。"""
     data = subparsers.add_parser("data", help="数据工具：打包分片等")
-    add_shard_parser(data.add_subparsers(dest="data_command", required=True))
+    add_shard_parser(data.add_subparsers(dest="data_command", required=True, metavar="shard"))
     return data
 
 

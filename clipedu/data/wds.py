@@ -10,21 +10,112 @@
 """
 from __future__ import annotations
 
+import functools
 import glob
+import itertools
 import os
 import random
-from typing import Callable, Optional
+import re
+import tarfile
+import zlib
+from typing import Callable, NamedTuple, Optional
 
 import webdataset as wds
 from torch.utils.data import IterableDataset
 
-from .robust import (BadSample, BadSampleCounter, BadSampleError, Sample, clean_caption, decode_image,
-                     decode_line, strict_error)
+from ..errors import UsageError
+from .robust import (MAX_IMAGE_BYTES, BadSample, BadSampleCounter, BadSampleError, Sample, clean_caption,
+                     decode_image, decode_line, open_regular, strict_error)
 
 IMAGE_EXTS = ("jpg", "jpeg", "jfif", "png", "webp", "bmp", "tif", "tiff", "gif", "ppm", "pgm", "pbm", "pnm")
 # PIL 的格式名 → 分片里的扩展名（data shard 按图像的真实格式取名，不按原文件名，见 shard.py）
 FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff", "GIF": "gif", "PPM": "ppm"}
 MAX_CONSECUTIVE_BAD = 200  # 连续这么多个坏样本就停：数据多半整体坏了，再读下去只是空转
+MAX_MEMBER_BYTES = MAX_IMAGE_BYTES  # tar 里单个条目的上限：更大的不读进内存，按 too_large 计数
+
+
+class TooLarge(NamedTuple):
+    """超过上限、没有读进内存的 tar 条目（只记下它的大小）。"""
+    size: int
+
+
+def tar_members(src, on_error: Callable[[BadSample], None], max_bytes: Optional[int] = None):
+    """``{"url": 分片}`` → 分片里的每个普通文件 ``{"fname", "data", "__url__"}``；每个分片之后产出 ``{}``
+    （分组的边界，样本不跨分片）。
+
+    代替 ``wds.tarfile_to_samples`` 的前两级，原因有二：它把每个条目整个读进内存（一个几 GB 的条目就能
+    吃光内存），且用 ``gopen`` 打开分片（以 ``pipe:`` 开头的名字会被当成 shell 命令执行）。这里只用
+    ``open_regular`` 打开本地普通文件，流式读 tar，超过 ``max_bytes`` 的条目只记大小、不读内容。
+    读不下去的分片（不是 tar、截断）记一个坏样本，接着读下一个分片。
+    """
+    max_bytes = MAX_MEMBER_BYTES if max_bytes is None else max_bytes
+    for item in src:
+        url = item["url"]
+        try:
+            with open_regular(url) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+                for info in tar:
+                    if not info.isreg() or info.name.startswith("__"):
+                        continue
+                    if info.size > max_bytes:
+                        data = TooLarge(info.size)  # 流式 tar 跳过它时按块读过、不整个留在内存
+                    else:
+                        data = tar.extractfile(info).read()
+                    yield {"fname": info.name, "data": data, "__url__": url}
+                    tar.members = []  # 流式读：不攒下已读条目的元数据
+        except BadSample as e:
+            on_error(BadSample(e.reason, url, e.detail))
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+            on_error(BadSample("bad_tar_member", url, f"{type(e).__name__}: {e}"))
+        yield {}
+
+
+MAX_SHARDS = 1_000_000  # 一个分片说明最多展开成这么多个文件（LAION-5B 按 1 万一片约 50 万片）
+_RANGE = re.compile(r"^([0-9]+|[A-Za-z])\.\.([0-9]+|[A-Za-z])(?:\.\.([0-9]+))?$")
+
+
+def expand_braces(pattern: str):
+    """``shard-{000000..000009}.tar``、``{a,b}``（可嵌套）按 bash 的规则逐个产出，惰性展开。
+
+    ``braceexpand``（webdataset 用的）先把全部结果放进列表：``{0..999999999}`` 会先吃光内存。
+    这里是生成器，调用方数到上限就停。数字范围有前导零时补齐到相同宽度。
+    """
+    depth, start = 0, None
+    for i, ch in enumerate(pattern):
+        if ch == "{":
+            depth, start = depth + 1, i if depth == 0 else start
+        elif ch == "}" and depth:
+            depth -= 1
+            if depth == 0:
+                yield from _expand_group(pattern[:start], pattern[start + 1:i], pattern[i + 1:])
+                return
+    yield pattern
+
+
+def _expand_group(prefix: str, body: str, suffix: str):
+    m = _RANGE.match(body)
+    if m:
+        a, b, step = m.group(1), m.group(2), int(m.group(3) or 1) or 1
+        if a.isdigit() != b.isdigit():  # “{1..a}” 不是范围，保留字面
+            yield from (prefix + "{" + body + "}" + rest for rest in expand_braces(suffix))
+            return
+        lo, hi = (int(a), int(b)) if a.isdigit() else (ord(a), ord(b))
+        padded = a.isdigit() and any(len(x) > 1 and x[0] == "0" for x in (a, b))
+        width = max(len(a), len(b)) if padded else 0
+        for v in range(lo, hi + 1, step) if lo <= hi else range(lo, hi - 1, -step):
+            yield from expand_braces(prefix + (str(v).zfill(width) if a.isdigit() else chr(v)) + suffix)
+        return
+    parts, depth, last = [], 0, 0
+    for i, ch in enumerate(body):  # 只在最外层的逗号处切开
+        depth += (ch == "{") - (ch == "}")
+        if ch == "," and depth == 0:
+            parts.append(body[last:i])
+            last = i + 1
+    parts.append(body[last:])
+    if len(parts) == 1:  # “{x}” 不是花括号展开，保留字面
+        yield from (prefix + "{" + body + "}" + rest for rest in expand_braces(suffix))
+        return
+    for part in parts:
+        yield from expand_braces(prefix + part + suffix)
 
 
 def expand_shards(spec) -> list[str]:
@@ -38,7 +129,10 @@ def expand_shards(spec) -> list[str]:
         if not urls:
             raise FileNotFoundError(f"目录 {spec} 里没有 .tar 分片；请先用 python -m clipedu data shard 生成")
     else:
-        urls = wds.shardlists.expand_urls(spec)
+        urls = list(itertools.islice((u for part in spec.split("::") for u in expand_braces(part)), MAX_SHARDS + 1))
+        if len(urls) > MAX_SHARDS:
+            raise UsageError(f"分片说明 {spec!r} 展开后超过 {MAX_SHARDS} 个文件；请检查花括号范围 "
+                             "/ too many shards")
     missing = [u for u in urls if not os.path.exists(u)]
     if missing:
         raise FileNotFoundError(f"找不到分片 {missing[:3]}{' 等' if len(missing) > 3 else ''}"
@@ -128,7 +222,7 @@ class RobustDecode:
         self.counter.check()
 
     def on_tar_error(self, exn: Exception) -> bool:
-        """给 webdataset 的 handler：记下读不出的条目，继续读。"""
+        """给 webdataset 的 handler（分组时的重名条目等）：记下这个坏样本，继续读。"""
         where = " ".join(str(a) for a in exn.args if a) or "tar"
         self._bad(BadSample("bad_tar_member", where, type(exn).__name__))
         return True
@@ -138,6 +232,9 @@ class RobustDecode:
         ext = next((e for e in IMAGE_EXTS if e in sample), None)
         if ext is None or "txt" not in sample:
             raise BadSample("malformed_row", where, f"缺少图像或 txt 文本，只有 {sorted(k for k in sample if not k.startswith('__'))}")
+        big = [f"{k} {v.size} 字节" for k, v in sample.items() if isinstance(v, TooLarge)]
+        if big:
+            raise BadSample("too_large", where, f"条目 {', '.join(big)}，超过单个条目的上限")
         caption = clean_caption(decode_line(sample["txt"], "utf-8", where), where)
         image = decode_image(sample[ext], where)
         return (self.transform(image) if self.transform else image), caption
@@ -164,11 +261,13 @@ def build_wds_dataset(shards, transform: Optional[Callable] = None, seed: int = 
     decode = RobustDecode(transform, strict, max_bad_fraction, max_consecutive_bad)
     guard = _PassGuard()
     stages = [ShardList(urls, seed=seed, shuffle=repeat, repeat=repeat, guard=guard),
-              wds.tarfile_to_samples(handler=decode.on_tar_error), guard.count]
+              functools.partial(tar_members, on_error=decode._bad),
+              functools.partial(wds.tariterators.group_by_keys, handler=decode.on_tar_error), guard.count]
     if shuffle_buffer > 1:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(100, shuffle_buffer), seed=seed))
     stages.append(decode)
     return wds.DataPipeline(*stages)
 
 
-__all__ = ["IMAGE_EXTS", "FORMAT_EXT", "MAX_CONSECUTIVE_BAD", "ShardList", "RobustDecode", "build_wds_dataset", "expand_shards"]
+__all__ = ["IMAGE_EXTS", "FORMAT_EXT", "MAX_CONSECUTIVE_BAD", "MAX_MEMBER_BYTES", "MAX_SHARDS", "expand_braces", "ShardList", "RobustDecode",
+           "build_wds_dataset", "expand_shards", "tar_members"]

@@ -243,11 +243,42 @@ def host_warning(host: str) -> str | None:
             "只在你信任的网络里这样做 / listening on a non-loopback address")
 
 
-def run_server(app: Starlette, host: str = "127.0.0.1", port: int = 8000) -> None:
+def bind_socket(host: str, port: int):
+    """先自己绑定端口：地址写错、端口被占用、没有权限都在载入模型之前给出一行说明（指明 --host/--port）。"""
+    import errno
+    import socket
+
+    from ..errors import RunError, UsageError
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise UsageError(f"--host {host!r} 不是可用的主机名或 IP 地址（{e}） / bad host") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise RunError(f"--port {port} 已被别的程序占用；请换一个 --port / address already in use") from None
+        if e.errno in (errno.EACCES, errno.EPERM):
+            raise UsageError(f"--port {port}：没有权限监听（1024 以下的端口需要管理员权限）；请换一个 --port "
+                             "/ permission denied") from None
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise UsageError(f"--host {host} 不是这台机器的地址 / address not available") from None
+        raise
+    return sock
+
+
+def run_server(app: Starlette, host: str = "127.0.0.1", port: int = 8000, sock=None) -> None:
+    """在 host:port（或已绑定好的 sock）上运行服务，直到 Ctrl+C。"""
     import uvicorn
 
+    sock = sock or bind_socket(host, port)
     warning = host_warning(host)
     if warning:
         print(warning, file=sys.stderr)
     print(f"以文搜图服务：http://{host}:{port}/  （Ctrl+C 停止）", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])

@@ -91,20 +91,22 @@ class TorchEncoder:
 def load_torch_encoder(checkpoint: str | os.PathLike, threads: int | None = None) -> TorchEncoder:
     """clipedu 检查点优先；不是的话当作 OpenAI/open_clip 权重读。分词器取检查点自带的那一个。"""
     from .. import load_model, load_pretrained
+    from ..checkpoint import is_clipedu_checkpoint, load_checkpoint
+    from ..errors import UsageError
+    from ..pretrained import is_torchscript
 
     path = Path(checkpoint)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"找不到检查点：{path} / checkpoint not found")
-    try:
+    if not path.is_file():  # 目录、FIFO、设备：读它可能永远阻塞
+        raise UsageError(f"--checkpoint {path} 不是普通文件（目录、FIFO 或设备）；--backend onnx 时才是导出目录"
+                         " / not a regular file")
+    # 先认出是哪种文件，再用对应的函数读：坏文件的说明就是那个函数的说明，不会两种都试一遍
+    p = str(path)
+    if not (p.endswith(".safetensors") or is_torchscript(p)) and is_clipedu_checkpoint(load_checkpoint(p)):
         model, tokenizer = load_model(path)
-    except ValueError as first:
-        try:
-            model, _ = load_pretrained(str(path))
-        except (ValueError, RuntimeError, OSError) as second:
-            raise ValueError(
-                f"既不是 clipedu 检查点（{str(first)[:160]}），也不是 OpenAI/open_clip 权重（{str(second)[:160]}）"
-                " / unsupported checkpoint"
-            ) from None
+    else:
+        model, _ = load_pretrained(p)
         tokenizer = pretrained_tokenizer(model)
     return TorchEncoder(model, tokenizer, file_sha256(path), threads)
 
@@ -184,7 +186,6 @@ class OnnxEncoder:
                 f"{export_dir} 不是 ONNX 导出目录（缺少 {ONNX_META}）；"
                 "请先运行 python -m clipedu export --checkpoint CKPT --out DIR / not an ONNX export"
             )
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
         opts = ort.SessionOptions()
         # 算完一批后工作线程不空转等活：与 PyTorch 的 OMP_WAIT_POLICY=PASSIVE 同理，共享的 2 核机器上
         # 空转的线程会抢走检索与 HTTP 处理的 CPU（见 benchmarks/results/serve.md）
@@ -193,12 +194,19 @@ class OnnxEncoder:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
         providers = ["CPUExecutionProvider"]
-        self.image_session = ort.InferenceSession(str(export_dir / meta["image_model"]), opts, providers=providers)
-        self.text_session = ort.InferenceSession(str(export_dir / meta["text_model"]), opts, providers=providers)
-        self.tokenizer = tokenizer_from_state(meta["tokenizer"])
-        self.fingerprint = meta["source_sha256"]
-        self.image_size, self.embed_dim = int(meta["image_size"]), int(meta["embed_dim"])
-        self.inv_temperature = float(meta["inv_temperature"])
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            models = [export_dir / Path(meta[k]).name for k in ("image_model", "text_model")]
+            self.image_session, self.text_session = (
+                ort.InferenceSession(str(m), opts, providers=providers) for m in models)
+            self.tokenizer = tokenizer_from_state(meta["tokenizer"])
+            self.fingerprint = meta["source_sha256"]
+            self.image_size, self.embed_dim = int(meta["image_size"]), int(meta["embed_dim"])
+            self.inv_temperature = float(meta["inv_temperature"])
+        except Exception as e:  # noqa: BLE001  JSON、缺键、onnxruntime 读不出模型（各抛各的异常）
+            from ..errors import CorruptFileError
+            raise CorruptFileError(f"ONNX 导出目录 {export_dir} 已损坏或不完整（{type(e).__name__}: {str(e)[:120]}）；"
+                             "请重新运行 python -m clipedu export / corrupt ONNX export") from None
 
     def encode_images(self, images: np.ndarray) -> np.ndarray:
         return self.image_session.run(None, {"images": np.ascontiguousarray(images, dtype=np.float32)})[0]

@@ -55,9 +55,11 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, check: bo
     """导出两个编码器；check=True 时用随机批（批大小 1 与 3）核对 onnxruntime 与 PyTorch，返回最大误差。"""
     import torch
 
+    from ..outdir import ensure_dir
+
     encoder = load_torch_encoder(checkpoint)
-    model, out = encoder.model.float().eval(), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    model, out = encoder.model.float().eval(), ensure_dir(out)
+    (out / ONNX_META).unlink(missing_ok=True)  # 写到一半被杀时，目录不会被当成完整的导出
     image_enc, text_enc = _wrappers(model)
     S = encoder.image_size
     images = torch.randn(2, 3, S, S, generator=torch.Generator().manual_seed(0))
@@ -76,7 +78,9 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, check: bo
         "inv_temperature": encoder.inv_temperature, "tokenizer": encoder.tokenizer_state(),
         "source_checkpoint": Path(checkpoint).name, "source_sha256": encoder.fingerprint, "opset": OPSET,
     }
-    (out / ONNX_META).write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
+    tmp = out / f".{ONNX_META}.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, out / ONNX_META)  # 最后原子地写：有它才是完整的导出
     result = {"out": str(out), "image_mb": round((out / "image.onnx").stat().st_size / 2**20, 2),
               "text_mb": round((out / "text.onnx").stat().st_size / 2**20, 2)}
     if check:

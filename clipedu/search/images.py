@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 
 import numpy as np
@@ -41,11 +42,18 @@ class BadImage(ValueError):
 def read_file(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     """读出整个文件；过大或读不出时抛 BadImage。"""
     try:
-        size = os.stat(path).st_size
-        if size > max_bytes:
-            raise BadImage("too_large", f"文件 {size} 字节，超过上限 {max_bytes}")
-        with open(path, "rb") as f:
-            return f.read(max_bytes + 1)
+        # O_NONBLOCK：扫描之后被换成 FIFO 的文件也不会让 open 卡住；fstat 看的是真正打开的那个文件
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise BadImage("unreadable", "不是普通文件（目录、FIFO 或设备）")
+            if st.st_size > max_bytes:
+                raise BadImage("too_large", f"文件 {st.st_size} 字节，超过上限 {max_bytes}")
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                return f.read(max_bytes + 1)
+        finally:
+            os.close(fd)
     except BadImage:
         raise
     except OSError as e:

@@ -32,6 +32,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ..errors import CorruptFileError
 from .images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, BadImage, load_image_file
 
 FORMAT = "clipedu-image-index"
@@ -41,7 +42,7 @@ PARTIAL = ".partial"
 DTYPES = ("float16", "float32")
 
 
-class CorruptIndexError(ValueError):
+class CorruptIndexError(CorruptFileError):
     """索引文件缺失、被截断或被改动：拒绝加载。"""
 
 
@@ -201,7 +202,7 @@ def load_index(index_dir: str | os.PathLike, verify: bool = True) -> ImageIndex:
         count, dim, dtype = int(meta["count"]), int(meta["dim"]), meta["dtype"]
     except CorruptIndexError:
         raise
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, RecursionError) as e:
         raise _corrupt(index_dir, f"{META} 读不懂（{type(e).__name__}: {str(e)[:80]}）") from None
     for path, key in ((emb_path, "embeddings"), (items_path, "items")):
         if not path.is_file():
@@ -211,7 +212,7 @@ def load_index(index_dir: str | os.PathLike, verify: bool = True) -> ImageIndex:
     try:
         embeddings = np.load(emb_path, allow_pickle=False, mmap_mode="r")
         items = [json.loads(line) for line in items_path.read_text(encoding="utf-8").splitlines()]
-    except (ValueError, OSError, UnicodeDecodeError) as e:
+    except (ValueError, OSError, UnicodeDecodeError, RecursionError) as e:
         raise _corrupt(index_dir, f"数据文件读不出（{type(e).__name__}: {str(e)[:80]}）") from None
     if embeddings.shape != (count, dim) or str(embeddings.dtype) != dtype or len(items) != count:
         raise _corrupt(index_dir, f"形状 {embeddings.shape}/{embeddings.dtype}/{len(items)} 条，"
@@ -266,8 +267,10 @@ def _chunk_key(chunk: list[dict], fingerprint: str, settings: dict) -> str:
 
 
 def _embed_chunk(encoder, root: Path, chunk: list[dict], settings: dict, strict: bool, batch_size: int):
-    """算一块：返回 (好文件的条目, 向量 [n, D], 坏文件 [(path, reason)])。"""
-    good, arrays, bad = [], [], []
+    """算一块：返回 (好文件的条目, 向量 [n, D], 坏文件 [(path, reason)])。
+
+    每攒够 batch_size 张图就编码并丢掉像素：内存里最多一批图像，与块的大小无关。"""
+    good, arrays, vectors, bad = [], [], [], []
     for entry in chunk:
         try:
             arrays.append(load_image_file(root / entry["path"], encoder.image_size,
@@ -278,7 +281,9 @@ def _embed_chunk(encoder, root: Path, chunk: list[dict], settings: dict, strict:
                 raise BadImageError(f"坏图像（{e.reason}）：{root / entry['path']}；{e.detail}。"
                                     "--strict 在第一张坏图处停止；去掉它则跳过并计数 / bad image in strict mode") from None
             bad.append({"path": entry["path"], "reason": e.reason})
-    vectors = [encoder.encode_images(np.stack(arrays[i:i + batch_size])) for i in range(0, len(arrays), batch_size)]
+        if len(arrays) == batch_size or (arrays and entry is chunk[-1]):
+            vectors.append(encoder.encode_images(np.stack(arrays)))
+            arrays = []
     dim = encoder.embed_dim
     return good, (np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)), bad
 
@@ -288,11 +293,18 @@ def _load_chunk(partial: Path, key: str, dim: int):
     try:
         info = json.loads((partial / f"chunk-{key}.json").read_text(encoding="utf-8"))
         vectors = np.load(partial / f"chunk-{key}.npy", allow_pickle=False)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if vectors.shape != (len(info["entries"]), dim):
         return None
     return info["entries"], vectors, info["skipped"]
+
+
+def _image_root(images: str | os.PathLike) -> Path:
+    """--images：必须是已存在的目录（不存在、文件、FIFO、符号链接环各有说明）。"""
+    from ..outdir import require_dir
+
+    return Path(require_dir(images, "图片文件夹", "--images")).resolve()
 
 
 def build_index(encoder, images: str | os.PathLike, out: str | os.PathLike, *, chunk_size: int = 256,
@@ -301,14 +313,14 @@ def build_index(encoder, images: str | os.PathLike, out: str | os.PathLike, *, c
                 progress: bool = True, throttle: float = 0.0, log: Callable = print) -> BuildReport:
     """给 images 文件夹建（或更新）索引，写到 out；返回 BuildReport。"""
     t0 = time.perf_counter()
-    root, out = Path(images).resolve(), Path(out)
-    if not root.is_dir():
-        raise FileNotFoundError(f"图片目录不存在：{images} / image folder not found")
+    from ..outdir import ensure_dir
+
+    root, out = _image_root(images), Path(out)
     if dtype not in DTYPES:
         raise ValueError(f"--dtype 应为 {' | '.join(DTYPES)}，实际为 {dtype!r}")
     if chunk_size < 1 or batch_size < 1:
         raise ValueError(f"--chunk-size 与 --batch-size 应为正整数，实际为 {chunk_size}、{batch_size}")
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out)  # 是文件、在文件之下、不可写：一行说明，指明 --out
     report = BuildReport()
     files, report.ignored = scan_images(root, exclude=out.resolve())
     old = _old_vectors(out, encoder.fingerprint, dtype, log)
