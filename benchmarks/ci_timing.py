@@ -5,7 +5,7 @@
     python benchmarks/ci_timing.py --busy 6 --write    # 结果追加到 benchmarks/results/ci_timing.md
 
 克隆的是当前仓库已提交的 HEAD（与 CI 看到的相同）；每一步的用时取自 scripts/test.sh 最后打印的“用时汇总”。
-忙进程在 CI 结束（或失败）时一并停掉；克隆目录测完即删。
+忙进程在 CI 结束（或失败）时一并停掉；克隆目录测完即删（--keep DIR 时保留）。
 """
 from __future__ import annotations
 
@@ -34,14 +34,14 @@ def sample_load(stop: threading.Event, out: list) -> None:
         out.append(os.getloadavg()[0])
 
 
-def run_ci(busy: int, keep_log: Path) -> tuple[int, float, str, list[float]]:
+def run_ci(busy: int, keep_log: Path, keep: Path | None = None) -> tuple[int, float, str, list[float]]:
     procs = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(busy)]
     loads, stop = [], threading.Event()
     sampler = threading.Thread(target=sample_load, args=(stop, loads), daemon=True)
     sampler.start()
     try:
         with tempfile.TemporaryDirectory(prefix="ci_timing_") as tmp:
-            clone = Path(tmp) / "repo"
+            clone = keep if keep is not None else Path(tmp) / "repo"
             subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
             t0 = time.perf_counter()
             with open(keep_log, "w", encoding="utf-8") as log:
@@ -62,15 +62,19 @@ def main() -> int:
     parser.add_argument("--busy", type=int, default=0, help="同时运行的忙进程数（默认 0，即空闲）")
     parser.add_argument("--log", type=Path, default=Path(tempfile.gettempdir()) / "ci_timing.log",
                         help="CI 的完整输出写到这里")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="把克隆放在这个（尚不存在的）目录并保留，便于查看 _build/ 里的书与截图")
     parser.add_argument("--write", action="store_true", help=f"把结果追加到 {RESULTS.relative_to(ROOT)}")
     args = parser.parse_args()
     if args.busy < 0:
         parser.error("--busy 不能为负")
+    if args.keep is not None and args.keep.exists():
+        parser.error(f"--keep {args.keep} 已存在；请给一个新目录")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     machine = machine_info()
     start_load = os.getloadavg()[0]
-    rc, wall, summary, loads = run_ci(args.busy, args.log)
+    rc, wall, summary, loads = run_ci(args.busy, args.log, args.keep)
     steps = []
     for line in summary.splitlines()[1:]:
         m = STEP_LINE.match(line.strip())
