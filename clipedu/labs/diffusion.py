@@ -265,22 +265,14 @@ def toy_data_2d(n: int, generator: Optional[torch.Generator] = None, noise: floa
 
 def train_diffusion(model: nn.Module, diffusion: GaussianDiffusion, x0: torch.Tensor, cond=None, *,
                     steps: int = 1000, batch_size: int = 128, lr: float = 2e-3, p_uncond: float = 0.1,
-                    time_budget: Optional[float] = None, seed: int = 0, device=None,
-                    ema_decay: Optional[float] = None) -> list[dict]:
-    """在一整块张量数据（x0 与可选的条件 cond）上训练去噪网络，返回逐步的 {step, loss, time}。
-
-    ``ema_decay``（如 0.99）：同时维护参数的指数滑动平均 θ̄ ← d·θ̄ + (1−d)·θ，训练结束时把 θ̄ 写回模型。
-    DDPM 论文也对参数取 EMA 来采样：训练步数不多时，平均掉最后几百步的抖动，生成质量明显更稳。
-    """
+                    time_budget: Optional[float] = None, seed: int = 0, device=None) -> list[dict]:
+    """在一整块张量数据（x0 与可选的条件 cond）上训练去噪网络，返回逐步的 {step, loss, time}。"""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if cond is not None and cond.shape[0] != x0.shape[0]:
         raise ValueError(f"cond 与 x0 的样本数应相同，实际为 {cond.shape[0]} 与 {x0.shape[0]}")
     g = torch.Generator().manual_seed(seed)  # CPU 生成器：抽批次、t 与噪声都可复现
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))  # 短预热，之后恒定
-    if ema_decay is not None and not 0.0 < ema_decay < 1.0:
-        raise ValueError(f"ema_decay 应在 (0, 1) 之间，实际为 {ema_decay}")
-    ema = [p.detach().clone() for p in model.parameters()] if ema_decay is not None else None
     model.train()
     history, start = [], time.perf_counter()
     for step in range(steps):
@@ -292,17 +284,10 @@ def train_diffusion(model: nn.Module, diffusion: GaussianDiffusion, x0: torch.Te
         loss.backward()
         opt.step()
         sched.step()
-        if ema is not None:
-            with torch.no_grad():
-                torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1.0 - ema_decay)
         elapsed = time.perf_counter() - start
         history.append({"step": step + 1, "loss": loss.item(), "time": elapsed})
         if time_budget is not None and elapsed >= time_budget:
             break
-    if ema is not None:
-        with torch.no_grad():
-            for p, avg in zip(model.parameters(), ema):
-                p.copy_(avg)
     model.eval()
     return history
 
