@@ -14,6 +14,7 @@ import json
 import mimetypes
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -23,10 +24,10 @@ _PAGE = """<!doctype html><html><head><meta charset="utf-8">
 <style>html,body{margin:0;padding:0;background:#fff}#out{display:inline-block;padding:4px}</style>
 </head><body><div id="out"></div></body></html>"""
 
-_RENDER_JS = """async ([code, config]) => {
+_RENDER_JS = """async ([code, config, id]) => {
   const {default: mermaid} = await import('/mermaid.esm.min.mjs');
   mermaid.initialize({...config, startOnLoad: false});
-  const {svg} = await mermaid.render('diagram', code);
+  const {svg} = await mermaid.render(id, code);
   const out = document.getElementById('out');
   out.innerHTML = svg;
   await document.fonts.ready;
@@ -35,8 +36,19 @@ _RENDER_JS = """async ([code, config]) => {
 }"""
 
 
-def render(code: str, vendor: Path, config: dict, out: Path) -> None:
-    """画一张图，按后缀写成 PDF（页面大小正好是图的大小）或 SVG。"""
+def static_config(config: dict) -> dict:
+    """预先画好的图一律用 SVG 的 <text> 标签（htmlLabels: false）。
+
+    默认的 HTML 标签放在 foreignObject 里，量尺寸用的是画图时这一页的 CSS；图插进书页以后，
+    书页的行高等样式会让第二行文字被框裁掉。<text> 标签不受所在页面的 CSS 影响，PDF 里也是真正的文字。
+    """
+    flowchart = {**config.get("flowchart", {}), "htmlLabels": False}
+    return {**config, "htmlLabels": False, "flowchart": flowchart}
+
+
+@contextmanager
+def _mermaid_page(vendor: Path):
+    """打开一个能 import 本地 mermaid 的空白页（不联网：请求由 page.route 从 vendor 目录回答）。"""
     from playwright.sync_api import sync_playwright
 
     if not (vendor / "mermaid.esm.min.mjs").is_file():
@@ -61,15 +73,30 @@ def render(code: str, vendor: Path, config: dict, out: Path) -> None:
             page.route("**/*", lambda route: serve(route) if route.request.url.startswith(_ORIGIN)
                        else route.abort())
             page.goto(_ORIGIN + "/")
-            result = page.evaluate(_RENDER_JS, [code, config])
-            if out.suffix == ".svg":
-                out.write_text(result["svg"], encoding="utf-8")
-            else:
-                page.pdf(path=str(out), width=f"{result['width']}px", height=f"{result['height'] + 1}px",
-                         print_background=True, page_ranges="1",
-                         margin={"top": "0", "right": "0", "bottom": "0", "left": "0"})
+            yield page
         finally:
             browser.close()
+
+
+def render(code: str, vendor: Path, config: dict, out: Path) -> None:
+    """画一张图，按后缀写成 PDF（页面大小正好是图的大小）或 SVG。"""
+    with _mermaid_page(vendor) as page:
+        result = page.evaluate(_RENDER_JS, [code, static_config(config), "diagram"])
+        if out.suffix == ".svg":
+            out.write_text(result["svg"], encoding="utf-8")
+        else:
+            page.pdf(path=str(out), width=f"{result['width']}px", height=f"{result['height'] + 1}px",
+                     print_background=True, page_ranges="1",
+                     margin={"top": "0", "right": "0", "bottom": "0", "left": "0"})
+
+
+def render_svgs(codes: list[str], vendor: Path, config: dict, prefix: str = "mermaid-offline") -> list[str]:
+    """在同一个浏览器里把多张图画成 SVG 字符串（离线包的网页用，见 scripts/make_offline.py）。"""
+    if not codes:
+        return []
+    with _mermaid_page(vendor) as page:
+        return [page.evaluate(_RENDER_JS, [code, static_config(config), f"{prefix}-{i}"])["svg"]
+                for i, code in enumerate(codes)]
 
 
 def main(argv=None) -> int:

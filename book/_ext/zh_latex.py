@@ -19,6 +19,7 @@ Jupyter Book 1 用 Sphinx 的 LaTeX 构建器加 sphinx-jupyterbook-latex（目�
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -103,6 +104,12 @@ PREAMBLE = r"""
   \edef\zhmathcomma{\Umathcharnum\the\Umathcodenum`\,\relax}%
   \begingroup\lccode`\~=`\,\lowercase{\endgroup\def~}{\zhmathcomma\penalty\binoppenalty}%
   \mathcode`\,="8000\relax}
+% 文献表接在“参考文献”一章的说明之后（BibliographyHome），不另起一章、不另进目录
+\makeatletter
+\renewenvironment{sphinxthebibliography}[1]
+  {\begingroup\def\chapter*##1{}\let\@mkboth\@gobbletwo\begin{thebibliography}{#1}}
+  {\end{thebibliography}\endgroup}
+\makeatother
 % 长网址、长英文标识符可以在任意字符处断开
 \usepackage{xurl}
 \hypersetup{pdfencoding=auto, psdextra}
@@ -153,7 +160,7 @@ def _configure(app, config) -> None:
     here = Path(__file__).resolve().parent
     vendor = Path(app.srcdir) / "book" / "_vendor" / "mermaid"
     init = {k: v for k, v in (config.mermaid_init_config or {}).items() if k != "startOnLoad"}
-    config.mermaid_cmd = [sys.executable, str(here / "mermaid_pdf.py")]
+    config.mermaid_cmd = shlex.join([sys.executable, str(here / "mermaid_pdf.py")])   # 配置项的类型是 str
     config.mermaid_params = ["--vendor", str(vendor), "--config", json.dumps(init, ensure_ascii=False)]
 
 
@@ -202,6 +209,13 @@ def _label(docname: str, node_id: str) -> str:
     return rf"\phantomsection\label{{\detokenize{{{docname}:{node_id}}}}}"
 
 
+def _ancestors(node):
+    node = node.parent
+    while node is not None:
+        yield node
+        node = node.parent
+
+
 class PrefaceChapter(SphinxPostTransform):
     """前言（目录的根文档）在 PDF 里是一章：标题“前言”进目录和页眉，小节是真正的 \\section。
 
@@ -225,9 +239,11 @@ class PrefaceChapter(SphinxPostTransform):
         # 前面有 (label)= 的小节，Sphinx 已在目标处写过 \label，不能再写一次
         targets = {t["refid"] for t in self.document.findall(nodes.target) if t.get("refid")}
         for sect in sections[1:]:
-            if sect["header_level"] <= top["header_level"] or not isinstance(sect[0], nodes.title):
+            if not isinstance(sect[0], nodes.title):
                 continue
-            command = ["section", "subsection", "subsubsection"][min(sect["header_level"] - 2, 2)]
+            # 真实的嵌套深度（sphinx-jupyterbook-latex 的 header_level 对并列的小节也递增，不能用）
+            depth = sum(1 for a in _ancestors(sect) if isinstance(a, nodes.section) and a.get("docname") == root)
+            command = ["section", "subsection", "subsubsection"][min(depth, 3) - 1]
             title = tex_escape(sect[0].astext(), "xelatex")
             labels = "".join(_label(root, i) for i in sect["ids"] if i not in targets)
             sect[0].replace_self(nodes.raw("", rf"\{command}{{{title}}}{labels}" + "\n", format="latex"))
@@ -272,6 +288,36 @@ class LatexLayout(SphinxPostTransform):
                 ref.replace_self(new)
 
 
+class BibliographyHome(SphinxPostTransform):
+    """文献表放回“参考文献”那一章（{bibliography} 所在的文档），而不是 Sphinx 默认的全书末尾另起一章。
+
+    Sphinx 的 BibliographyTransform（优先级 750）把全部文献收成一个 thebibliography 接在全书最后，
+    书里于是有一个只有两段说明的“参考文献”章、再加一个真正列文献的同名章。这里把它挪回原处；
+    PREAMBLE 里的 sphinxthebibliography 也不再另起一章、另进目录。
+    """
+
+    default_priority = 760
+    formats = ("latex",)
+
+    def run(self, **kwargs) -> None:
+        from sphinx import addnodes
+        from sphinx.builders.latex.nodes import thebibliography
+
+        domain = self.env.get_domain("cite")
+        homes = sorted({key.docname for key in getattr(domain, "bibliographies", {})})
+        bibs = [n for n in self.document.children if isinstance(n, thebibliography)]
+        if not homes or not bibs:
+            return
+        for start in self.document.findall(addnodes.start_of_file):
+            if start.get("docname") == homes[0]:
+                section = next(start.findall(nodes.section), None)
+                if section is not None:
+                    for bib in bibs:
+                        bib.parent.remove(bib)
+                        section += bib
+                return
+
+
 def _latex_visit_mermaid(self, node) -> None:
     """mermaid 图居中、按 0.8 倍印刷（图里的 16 px 字约合 10 pt，与正文一样大），宽高不超过版心。"""
     from sphinxcontrib.mermaid import MermaidError, render_mm
@@ -301,4 +347,5 @@ def setup(app):
     app.connect("build-finished", write_fallbacks)
     app.add_post_transform(PrefaceChapter)
     app.add_post_transform(LatexLayout)
+    app.add_post_transform(BibliographyHome)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
