@@ -34,11 +34,11 @@ _MULTIPLY = re.compile(r"LaTeX Warning: Label `([^']+)' multiply defined")
 
 
 def _unwrap(log: str) -> str:
-    """TeX 把日志折成 79 列；把被折断的行接回去（折断处正好 79 个字符）。"""
+    """TeX 把日志折成 79 列；把被折断的行接回去（折断处正好 79 个字符，XeTeX 按字符而不是字节数）。"""
     out, buf = [], ""
     for line in log.split("\n"):
         buf += line
-        if len(line.encode("utf-8")) != 79:
+        if len(line) != 79:
             out.append(buf)
             buf = ""
     out.append(buf)

@@ -19,6 +19,9 @@ from pathlib import Path
 
 import pytest
 
+# 要先构建两本 PDF（几分钟），所以不进快速测试层（-m "not slow"）；scripts/test.sh 在构建之后单独运行本目录
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "browser"))
 sys.path.insert(0, str(ROOT / "book" / "_ext"))
