@@ -64,7 +64,8 @@ fi
 # WITH_TEX=1：另加 PDF 版（EDITION=pdf）的 XeLaTeX 与 ctex。只装用得到的：
 #   texlive-xetex（XeLaTeX）、texlive-lang-chinese（ctex、xeCJK）、texlive-latex-extra（Sphinx 要的 titlesec、
 #   tabulary、capt-of、needspace、fncychap 等）、texlive-fonts-recommended（hyperref 在 XeTeX 下要的 pzdr）、
-#   latexmk、poppler-utils（测试用的 pdftotext/pdffonts/pdftoppm）、fonts-dejavu-core（思源字体里没有的 ✔ ᾱ 等）。
+#   latexmk、poppler-utils（测试用的 pdftotext/pdffonts/pdftoppm）、fonts-dejavu-core（思源字体里没有的 ✔ ᾱ 等）、
+#   make（jupyter-book --builder pdflatex 在 _build/latex 里运行 make all-pdf）。
 #   不装 texlive-full、texlive-fonts-extra、xindy（书不生成索引）。36 个包，下载约 170 MB、安装后约 490 MB（README 有实测用时）。
 APT_WANT=()
 if [[ ${WITH_BROWSER:-0} == 1 || ${WITH_TEX:-0} == 1 ]]; then
@@ -72,7 +73,7 @@ if [[ ${WITH_BROWSER:-0} == 1 || ${WITH_TEX:-0} == 1 ]]; then
 fi
 if [[ ${WITH_TEX:-0} == 1 ]]; then
     APT_WANT+=(texlive-xetex texlive-lang-chinese texlive-latex-extra texlive-fonts-recommended latexmk
-               poppler-utils fonts-dejavu-core)
+               poppler-utils fonts-dejavu-core make)
 fi
 if (( ${#APT_WANT[@]} )); then
     # 一次 dpkg-query 查全部（已装好时这一步只要几十毫秒）

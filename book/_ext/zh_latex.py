@@ -4,8 +4,9 @@ Jupyter Book 1 用 Sphinx 的 LaTeX 构建器加 sphinx-jupyterbook-latex（目�
 笔记本的输入输出单元各自成块），XeLaTeX 排版。这里把后者为英文书准备的部分换成中文书的：
 
 1. **ctex + Noto CJK。** ctex 宏包（CJK 断行、标点挤压、中文的“目录”“图”“表”）配 Debian
-   ``fonts-noto-cjk`` 的思源宋体/黑体，代码用等宽的 Noto Sans Mono CJK（汉字恰好两个西文宽，
-   与 tests/book/test_code_width.py 的 88 列算法一致）；西文与公式用 Latin Modern，两者字形一致。
+   ``fonts-noto-cjk`` 的思源宋体/黑体，西文用同一套字体自带的西文字形（有正文里的 τ、ε），
+   代码用等宽的 Noto Sans Mono CJK（汉字恰好两个西文宽，与 tests/book/test_code_width.py 的 88 列算法一致），
+   公式用 Latin Modern Math；三者都没有的个别字符（✔、ᾱ ……）在构建时自动改用 DejaVu Sans。
    去掉 sphinx-jupyterbook-latex 加的 ``ucharclasses``（与 xeCJK 抢同一套字符类机制）、
    英文的 “Contents” 和它的 ``jupyterBook.cls``（要 texlive-fonts-extra 里的 bbm，装不起）。
 2. **编号照抄标题。** 章节号写在标题里（“3.3 CLIP 的训练过程”），所以 LaTeX 不再自动编号
@@ -73,9 +74,6 @@ PREAMBLE = r"""
 \titlespacing*{\chapter}{0pt}{0pt}{24pt}
 % sphinx-jupyterbook-latex 的笔记本单元：输入浅灰底，输出左缩进、白底细框
 \usepackage[strict]{changepage}
-\definecolor{zhCellIn}{RGB}{246,246,246}
-\definecolor{zhCellInBorder}{RGB}{204,204,204}
-\definecolor{zhCellOutBorder}{RGB}{230,230,230}
 \newenvironment{sphinxVerbatimInput}
   {\sphinxsetup{VerbatimColor={RGB}{246,246,246},VerbatimBorderColor={RGB}{204,204,204}}}{}
 \newenvironment{sphinxVerbatimOutput}
