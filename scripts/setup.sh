@@ -2,6 +2,7 @@
 # 安装构建和测试所需的一切（可重复运行；已装好的步骤会很快跳过）。
 #   bash scripts/setup.sh                 # Python 虚拟环境 + npm 前端依赖 + 复制到 book/_vendor/
 #   WITH_BROWSER=1 bash scripts/setup.sh  # 另外（root + Debian）用 apt 安装 chromium 和 fonts-noto-cjk
+#   WITH_TEX=1 bash scripts/setup.sh      # 另外用 apt 安装 PDF 版要的 XeLaTeX、ctex、latexmk、poppler-utils（见第 2 步）
 #   PYTHON=python3.12 bash scripts/setup.sh  # 指定解释器；默认取 PATH 上第一个 ≥ 3.10 的 python3.x
 #   NO_CONSTRAINTS=1 bash scripts/setup.sh   # 只按 requirements.txt 的范围装（不用 constraints.txt 锁定的版本）
 # Python 依赖默认按 constraints.txt（CI 测过的确切版本）安装；刷新它：bash scripts/lock_deps.sh
@@ -58,22 +59,42 @@ else
     log "cn_clip 已安装"
 fi
 
-# ---- 2. 浏览器与系统中文字体（仅在要求时；root + apt） -------------------------------
-if [[ ${WITH_BROWSER:-0} == 1 ]]; then
+# ---- 2. 浏览器、系统中文字体与 TeX（仅在要求时；root + apt） -------------------------
+# WITH_BROWSER=1：chromium 与 fonts-noto-cjk（浏览器测试；PDF 版也用 chromium 预先画 mermaid 图）
+# WITH_TEX=1：另加 PDF 版（EDITION=pdf）的 XeLaTeX 与 ctex。只装用得到的：
+#   texlive-xetex（XeLaTeX）、texlive-lang-chinese（ctex、xeCJK）、texlive-latex-extra（Sphinx 要的 titlesec、
+#   tabulary、capt-of、needspace、fncychap 等）、texlive-fonts-recommended（hyperref 在 XeTeX 下要的 pzdr）、
+#   latexmk、poppler-utils（测试用的 pdftotext/pdffonts/pdftoppm）、fonts-dejavu-core（思源字体里没有的 ✔ ᾱ 等）、
+#   make（jupyter-book --builder pdflatex 在 _build/latex 里运行 make all-pdf）。
+#   不装 texlive-full、texlive-fonts-extra、xindy（书不生成索引）。36 个包，下载约 170 MB、安装后约 490 MB（README 有实测用时）。
+APT_WANT=()
+if [[ ${WITH_BROWSER:-0} == 1 || ${WITH_TEX:-0} == 1 ]]; then
+    APT_WANT+=(chromium fonts-noto-cjk)
+fi
+if [[ ${WITH_TEX:-0} == 1 ]]; then
+    APT_WANT+=(texlive-xetex texlive-lang-chinese texlive-latex-extra texlive-fonts-recommended latexmk
+               poppler-utils fonts-dejavu-core make)
+fi
+if (( ${#APT_WANT[@]} )); then
+    # 一次 dpkg-query 查全部（已装好时这一步只要几十毫秒）
+    installed=$(dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' "${APT_WANT[@]}" 2>/dev/null | awk '$1 == "ii" {print $2}')
     missing=()
-    [[ -x /usr/bin/chromium ]] || missing+=(chromium)
-    dpkg -s fonts-noto-cjk >/dev/null 2>&1 || missing+=(fonts-noto-cjk)
+    for pkg in "${APT_WANT[@]}"; do
+        grep -qx "$pkg" <<< "$installed" || missing+=("$pkg")
+    done
     if (( ${#missing[@]} )); then
         if [[ $(id -u) != 0 ]] || ! command -v apt-get >/dev/null; then
             echo "[setup] 需要 ${missing[*]}，但当前不是 root 或没有 apt-get；请手动安装后重试" >&2
             exit 1
         fi
         log "apt-get install ${missing[*]}"
+        t_apt=$SECONDS
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        log "apt-get 用时 $((SECONDS - t_apt))s"
     else
-        log "chromium 与 fonts-noto-cjk 已安装"
+        log "${APT_WANT[*]} 已安装"
     fi
 fi
 

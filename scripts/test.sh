@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # README 命令 2（也是 .ci/run 运行的内容）：安装一切，然后运行全部测试。
-#   1. WITH_BROWSER=1 scripts/setup.sh（Python 依赖、npm 前端依赖；root + Debian 时 apt 安装 chromium 和中文字体）
-#   2. 单元测试：pytest tests/ --ignore=tests/browser -n 2（两个进程并行）
+#   1. WITH_BROWSER=1 WITH_TEX=1 scripts/setup.sh（Python 依赖、npm 前端依赖；root + Debian 时 apt 安装 chromium、
+#      中文字体和 PDF 版要的 XeLaTeX/ctex/latexmk/poppler-utils）
+#   2. 单元测试：pytest tests/ --ignore=tests/browser --ignore=tests/pdf -n 2（两个进程并行）
 #   3. 构建书：scripts/build_book.sh（其中 nbmake 把每个笔记本恰好执行一次，再 -W -n 严格构建）
 #   4. 学生版：EDITION=student REUSE_EXECUTED=1 scripts/build_book.sh（复用第 3 步执行过的笔记本，只删解答、再构建一次）
-#   5. 浏览器测试：pytest tests/browser（Chromium 打开每一章，截图在 _build/screenshots/；学生版里没有解答）
+#   5. PDF 版与学生版 PDF：EDITION=pdf / student-pdf，同样复用第 3 步的笔记本，XeLaTeX 排版并检查日志
+#   6. 离线包：scripts/make_offline.py（网页、笔记本、两本 PDF、clipedu 的 wheel、离线使用说明）
+#   7. PDF 测试：pytest tests/pdf（文字、字体、样页截图在 _build/screenshots/pdf/）
+#   8. 浏览器测试：pytest tests/browser（Chromium 打开每一章，截图在 _build/screenshots/；学生版里没有解答；
+#      离线包从 file:// 打开时搜索、公式、流程图都能用）
 # 任何一步失败都让脚本以非零状态退出；pytest 的退出码 5（没有收集到测试）也算失败。
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,14 +48,19 @@ run_pytest() {
     return "$rc"
 }
 
-step "安装 (setup.sh)" env WITH_BROWSER=1 bash scripts/setup.sh
+step "安装 (setup.sh)" env WITH_BROWSER=1 WITH_TEX=1 bash scripts/setup.sh
 # 两个进程并行、各用 1 个线程（pytest-xdist）：测试里多是小模型，2 核上比一个进程开两个线程快
 unit_tests() {
-    OMP_NUM_THREADS=1 run_pytest tests/ --ignore=tests/browser -q -p no:cacheprovider --durations=15 \
-        -n 2 --dist worksteal
+    OMP_NUM_THREADS=1 run_pytest tests/ --ignore=tests/browser --ignore=tests/pdf -q -p no:cacheprovider \
+        --durations=15 -n 2 --dist worksteal
 }
 step "单元测试" unit_tests
-step "构建书 (含 nbmake)" env SKIP_SETUP=1 bash scripts/build_book.sh
+# 离线包在两本 PDF 都构建完之后打一次（第 6 步），这里不让构建脚本顺手各打一次
+step "构建书 (含 nbmake)" env SKIP_SETUP=1 SKIP_OFFLINE=1 bash scripts/build_book.sh
 step "构建学生版 (复用笔记本)" env SKIP_SETUP=1 EDITION=student REUSE_EXECUTED=1 bash scripts/build_book.sh
+step "构建 PDF 版 (复用笔记本)" env SKIP_SETUP=1 SKIP_OFFLINE=1 EDITION=pdf REUSE_EXECUTED=1 bash scripts/build_book.sh
+step "构建学生版 PDF" env SKIP_SETUP=1 EDITION=student-pdf REUSE_EXECUTED=1 bash scripts/build_book.sh
+step "离线包" python scripts/make_offline.py
+step "PDF 测试" run_pytest tests/pdf -q -p no:cacheprovider
 step "浏览器测试" run_pytest tests/browser -q -p no:cacheprovider
 summary
