@@ -1,7 +1,7 @@
 """所有测试共用的夹具（小模型、小数据集）与快慢分层。
 
 快速层：``pytest -m "not slow"``（README 的开发者说明里有这条命令）；
-完整：``pytest tests --ignore=tests/browser``（``.ci/run`` 跑的就是它）。
+完整：``pytest tests --ignore=tests/browser --ignore=tests/pdf -n 2``（``.ci/run`` 的单元测试一步；浏览器与 PDF 测试要先构建书）。
 子进程、torchrun、mp.spawn 的测试和超过约 5 秒的测试都标 ``@pytest.mark.slow``。
 """
 import pytest
