@@ -1,0 +1,108 @@
+"""第 2 章两个最慢的笔记本能不能更省：换更小的训练预算，看教学结论还在不在（结果见 benchmarks/results/ch2.md）。
+
+    python benchmarks/notebook_budgets.py diffusion 32,800,64,100,2e-3 16,800,64,100,2e-3
+        # 每组：UNet 宽度, 步数, 批大小, 扩散步数 T, 学习率（与 02_diffusion 的 UNet 单元格相同的代码）
+    python benchmarks/notebook_budgets.py fusion 800,64,2e-3 400,64,3e-3
+        # 每组：步数, 批大小, 学习率（与 02_fusion 的训练单元格相同的代码）
+
+单线程；报告训练的进程 CPU 时间（机器繁忙时也可比）与笔记本里的同一组指标。扩散用的 CLIP 经 model_cache 与
+02_diffusion 共用（tiny-cpu，150 步，种子 0）；缓存目录由 CLIPEDU_CACHE 决定。
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import clipedu  # noqa: E402
+from clipedu.model_cache import train_cached  # noqa: E402
+
+
+def _groups(values: list[str], types: tuple) -> list[tuple]:
+    out = []
+    for v in values:
+        parts = v.split(",")
+        if len(parts) != len(types):
+            raise SystemExit(f"参数组 {v!r} 应有 {len(types)} 项，用逗号分开 / bad group")
+        out.append(tuple(t(p) for t, p in zip(types, parts)))
+    return out
+
+
+def diffusion(groups: list[tuple]) -> None:
+    from clipedu.data import ShapesDataset
+    from clipedu.labs.diffusion import (DiffusionConfig, GaussianDiffusion, clip_to_pixels,
+                                        generate_and_classify, train_diffusion)
+    from clipedu.labs.unet import TinyUNet, UNetConfig
+
+    out_dir = tempfile.mkdtemp(prefix="budget_clip_")
+    cfg = clipedu.TrainConfig(preset="tiny-cpu", steps=150, warmup_steps=20, time_budget=600, out_dir=out_dir,
+                              eval_size=300, progress=False, device="cpu")
+    train_cached(cfg)
+    clip_model, tok = clipedu.load_model(f"{out_dir}/last.pt")
+    clip_model.eval().requires_grad_(False)
+    shapes = ShapesDataset("train", size=10_000, image_size=32, seed=0)
+    classifier = clipedu.zero_shot_classifier(clip_model, tok, shapes.classnames, clipedu.TEMPLATES)
+    with torch.no_grad():
+        text_emb = clip_model.encode_text(tok(shapes.classnames)).float()
+    X, _, labels = shapes.get_batch(range(len(shapes)))
+    x0, cond = clip_to_pixels(X, size=16), text_emb[labels]
+    want = torch.arange(36).repeat_interleave(2)
+    held = torch.isin(want, torch.tensor(shapes.heldout_classes))
+    for base, steps, batch, T, lr in groups:
+        diff = GaussianDiffusion(DiffusionConfig(timesteps=T))
+        torch.manual_seed(0)
+        unet = TinyUNet(UNetConfig(image_size=16, cond_dim=text_emb.shape[1], base_channels=base,
+                                   groups=8 if base >= 24 else 4))
+        t0 = time.process_time()
+        train_diffusion(unet, diff, x0, cond, steps=steps, batch_size=batch, lr=lr, p_uncond=0.1, seed=0)
+        train_s = time.process_time() - t0
+        cells = []
+        for w in (1.0, 3.0, 5.0):
+            _, pred = generate_and_classify(diff, unet, clip_model, classifier, text_emb, want, w, seed=0)
+            ok = pred == want
+            cells.append(f"w={w:g} {ok[~held].float().mean():.1%} / {ok[held].float().mean():.1%}")
+        print(f"宽 {base}，{steps} 步，批 {batch}，T={T}，学习率 {lr:g}：训练 {train_s:.0f} CPU 秒；"
+              + "；".join(cells), flush=True)
+
+
+def fusion(groups: list[tuple]) -> None:
+    from clipedu.labs.fusion import FUSION_MODELS, FusionConfig, fit_classifier, predict, vqa_tensors
+    from clipedu.labs.vqa import ShapesVQADataset
+    from clipedu.tokenizer import ChineseTokenizer
+
+    tok = ChineseTokenizer()
+    train_ds = ShapesVQADataset("train", size=216 * 20, seed=0)
+    test_ds = ShapesVQADataset("test", size=216 * 5, seed=0)
+    Xi, Xt, Y = vqa_tensors(train_ds, tok, context_length=16)
+    Ei, Et, EY = vqa_tensors(test_ds, tok, context_length=16)
+    for steps, batch, lr in groups:
+        cells = []
+        for name in ("text-only", "early", "late", "hybrid"):
+            torch.manual_seed(0)
+            model = FUSION_MODELS[name](FusionConfig())
+            t0 = time.process_time()
+            fit_classifier(model, (Xi, Xt), Y, steps=steps, batch_size=batch, lr=lr, seed=0)
+            acc = (predict(model, (Ei, Et)) == EY).float().mean().item()
+            cells.append(f"{name} {acc:.1%}（{time.process_time() - t0:.0f} CPU 秒）")
+        print(f"{steps} 步，批 {batch}，学习率 {lr:g}：" + "；".join(cells), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("lab", choices=("diffusion", "fusion"))
+    parser.add_argument("groups", nargs="+", help="参数组，见上面的说明")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.lab == "diffusion":
+        diffusion(_groups(args.groups, (int, int, int, int, float)))
+    else:
+        fusion(_groups(args.groups, (int, int, float)))
+
+
+if __name__ == "__main__":
+    main()
