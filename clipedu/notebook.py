@@ -113,6 +113,26 @@ def figure_style() -> None:
     })
 
 
+def wrap_title(text: str, width: int = 10) -> str:
+    """把子图标题均匀地折成几行，每行至多 ``width`` 个字（中文不按空格断行，textwrap 会把“形”单独留在末行）。
+
+    例：``wrap_title("画面里有没有白色的十字形？")`` → ``"画面里有没有白\n色的十字形？"``（7 + 6 个字）。
+    """
+    if width < 1:
+        raise ValueError(f"width 应为正整数，实际为 {width}")
+    n = len(text)
+    if n <= width:
+        return text
+    lines = -(-n // width)                 # 需要几行
+    base, extra = divmod(n, lines)         # 前 extra 行各多一个字：各行至多差一个字
+    out, start = [], 0
+    for k in range(lines):
+        end = start + base + (k < extra)
+        out.append(text[start:end])
+        start = end
+    return "\n".join(out)
+
+
 def default_threads() -> int:
     """笔记本的 CPU 线程数：用户设了 ``OMP_NUM_THREADS`` 就照办（例如 CI 里两个笔记本并行、各用 1 个线程），
     否则 ``min(2, 可用核数)``，即书中默认“在 2 核上能跑完”。"""

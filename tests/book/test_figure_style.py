@@ -79,3 +79,17 @@ def test_overlapping_titles_are_reported_when_drawn():
         fig.canvas.draw()
     assert overlapping_texts(fig) == []
     plt.close(fig)
+
+
+def test_wrap_title_balances_lines_and_keeps_every_character():
+    from clipedu.notebook import wrap_title
+
+    assert wrap_title("图中有红色的星形吗？") == "图中有红色的星形吗？"              # 10 个字，不折
+    assert wrap_title("画面里有没有白色的十字形？") == "画面里有没有白\n色的十字形？"   # 7 + 6，不是 10 + 3
+    for text in ("图中有一个位于左上方的小号白色菱形", "这是一个绿色的正方形。", "一"):
+        for width in (1, 4, 9):
+            lines = wrap_title(text, width).split("\n")
+            assert "".join(lines) == text and max(map(len, lines)) <= width
+            assert max(map(len, lines)) - min(map(len, lines)) <= 1                  # 各行一样长（至多差一个字）
+    with pytest.raises(ValueError, match="width"):
+        wrap_title("x", 0)
