@@ -4,8 +4,8 @@
 #      中文字体和 PDF 版要的 XeLaTeX/ctex/latexmk/poppler-utils）
 #   2. 单元测试：pytest tests/ --ignore=tests/browser --ignore=tests/pdf -n 2（两个进程并行）
 #   3. 构建书：scripts/build_book.sh（其中 nbmake 把每个笔记本恰好执行一次，再 -W -n 严格构建）
-#   4. 学生版：EDITION=student REUSE_EXECUTED=1 scripts/build_book.sh（复用第 3 步执行过的笔记本，只删解答、再构建一次）
-#   5. PDF 版与学生版 PDF：EDITION=pdf / student-pdf，同样复用第 3 步的笔记本，XeLaTeX 排版并检查日志
+#   4–5. 学生版网页、PDF 版与学生版 PDF（三个同时构建）：EDITION=student / pdf / student-pdf REUSE_EXECUTED=1，
+#      复用第 3 步执行过的笔记本；学生版删掉解答，PDF 用 XeLaTeX 排版并检查日志
 #   6. 离线包：scripts/make_offline.py（网页、笔记本、两本 PDF、clipedu 的 wheel、离线使用说明）
 #   7. PDF 测试：pytest tests/pdf（文字、字体、样页截图在 _build/screenshots/pdf/）
 #   8. 浏览器测试：pytest tests/browser（Chromium 打开每一章，截图在 _build/screenshots/；学生版里没有解答；
@@ -57,10 +57,31 @@ unit_tests() {
 step "单元测试" unit_tests
 # 离线包在两本 PDF 都构建完之后打一次（第 6 步），这里不让构建脚本顺手各打一次
 step "构建书 (含 nbmake)" env SKIP_SETUP=1 SKIP_OFFLINE=1 bash scripts/build_book.sh
-step "构建学生版 (复用笔记本)" env SKIP_SETUP=1 EDITION=student REUSE_EXECUTED=1 bash scripts/build_book.sh
-step "构建 PDF 版 (复用笔记本)" env SKIP_SETUP=1 SKIP_OFFLINE=1 EDITION=pdf REUSE_EXECUTED=1 bash scripts/build_book.sh
-step "构建学生版 PDF" env SKIP_SETUP=1 EDITION=student-pdf REUSE_EXECUTED=1 bash scripts/build_book.sh
+# 学生版网页、PDF 版、学生版 PDF 都只读第 3 步执行好的 _stage/，各有自己的副本与输出目录，互不相干；
+# Sphinx 与 XeLaTeX 基本是单线程的，所以三个同时构建（2 核上约省一半时间），日志分开写，最后逐个报告
+other_editions() {
+    local editions=(student pdf student-pdf) pids=() rc=0 i
+    mkdir -p _build/logs
+    for e in "${editions[@]}"; do
+        env SKIP_SETUP=1 SKIP_OFFLINE=1 EDITION="$e" REUSE_EXECUTED=1 bash scripts/build_book.sh \
+            > "_build/logs/build_$e.log" 2>&1 &
+        pids+=($!)
+    done
+    for i in "${!pids[@]}"; do
+        local e=${editions[$i]}
+        if wait "${pids[$i]}"; then
+            echo "[test] $e：$(tail -n 1 "_build/logs/build_$e.log")"
+        else
+            rc=1
+            echo "[test] $e 构建失败；完整日志 _build/logs/build_$e.log 的最后 60 行：" >&2
+            tail -n 60 "_build/logs/build_$e.log" >&2
+        fi
+    done
+    return "$rc"
+}
+step "学生版、PDF 版、学生版 PDF（并行，复用笔记本）" other_editions
 step "离线包" python scripts/make_offline.py
 step "PDF 测试" run_pytest tests/pdf -q -p no:cacheprovider
-step "浏览器测试" run_pytest tests/browser -q -p no:cacheprovider
+# 浏览器测试也用两个进程（各开一个 Chromium）
+step "浏览器测试" run_pytest tests/browser -q -p no:cacheprovider -n 2 --dist worksteal
 summary
