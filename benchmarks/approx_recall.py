@@ -76,7 +76,7 @@ def bench(gallery: np.ndarray, queries: np.ndarray, kinds: list[str], n_timed: i
             approx.set_param(param)
             got, wall, cpu = timed(approx.search, queries, 10, n_timed)
             name = {"flat": "flat", "ivf": f"IVF{index.nlist if kind == 'ivf' else ''}", "hnsw": "HNSW32"}[kind]
-            knob = {"flat": "–", "ivf": f"nprobe={param}", "hnsw": f"efSearch={param}"}[kind]
+            knob = {"flat": "–", "ivf": f"nprobe = {param}", "hnsw": f"efSearch = {param}"}[kind]
             rows.append(f"| {label} | {name} | {knob} | {recall_at(got, want):.3f} | {wall:.2f} | {cpu:.2f} "
                         f"| {build_s:.1f} | {mb:.0f} |")
             print(rows[-1], flush=True)
