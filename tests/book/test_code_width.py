@@ -90,3 +90,30 @@ def test_included_library_code_fits_the_column():
                 bad.append(f"  {path.relative_to(ROOT)}:{first + n - 1}（{w} 列，{source} 展示）：{line.strip()[:50]}")
     assert n_includes > 10, f"只找到 {n_includes} 处 literalinclude，正则可能失效"
     assert not bad, f"书中展示的库代码有 {len(bad)} 行超过 {LIMIT} 列：\n" + "\n".join(sorted(set(bad)))
+
+
+FENCE = re.compile(r"^(`{3,}|~{3,})([^\n`]*)\n(.*?)^\1\s*$", re.S | re.M)
+INCLUDED_MD = re.compile(r"```\{include\}\s+(\S+\.md)")
+
+
+def _prose_files():
+    """book/*.md，以及它们用 {include} 引进来的 Markdown（如 benchmarks/results/*.md）。"""
+    files = sorted((ROOT / "book").glob("*.md"))
+    for p in list(files):
+        files += [(p.parent / m).resolve() for m in INCLUDED_MD.findall(p.read_text(encoding="utf-8"))]
+    return sorted(set(files))
+
+
+def test_fenced_code_in_prose_fits_the_column():
+    """正文与被 include 的结果文件里的代码块（bash、python、无语言或 {code-block}）不超过 88 列。"""
+    bad, n_blocks = [], 0
+    for path in _prose_files():
+        for m in FENCE.finditer(path.read_text(encoding="utf-8")):
+            info = m.group(2).strip()
+            if info.startswith("{") and not info.startswith(("{code-block}", "{code}")):
+                continue   # mermaid、math、练习等指令块不是代码
+            n_blocks += 1
+            for n, w, line in too_wide(m.group(3).split("\n")):
+                bad.append(f"  {path.relative_to(ROOT)}（{w} 列）：{line.strip()[:60]}")
+    assert n_blocks > 20, f"只找到 {n_blocks} 个代码块，正则可能失效"
+    assert not bad, f"正文里有 {len(bad)} 行代码超过 {LIMIT} 列：\n" + "\n".join(bad)
