@@ -81,22 +81,18 @@ def main() -> int:
         if m:
             steps.append((m.group(1), int(m.group(2)), m.group(3) or ""))
     mean_load = sum(loads) / len(loads) if loads else start_load
-    row = (f"| {dt.date.today()} | `{commit}` | {machine['cpu_model']}（{', '.join(machine['cpu_flags'][:4])}），"
-           f"{machine['usable_cpus']} 核 | {args.busy} | {start_load:.1f} → 平均 {mean_load:.1f} | "
-           + "；".join(f"{name} {sec} s" for name, sec, _ in steps)
-           + f" | **{wall / 60:.1f} 分钟**，{'通过' if rc == 0 else f'失败（退出码 {rc}）'} |")
+    cpu = f"{machine['cpu_model']}（{', '.join(machine['cpu_flags'])}），{machine['usable_cpus']} 核"
+    block = (f"\n### {dt.date.today()}，提交 `{commit}`，忙进程 {args.busy} 个\n\n"
+             f"- 机器：{cpu}；1 分钟平均负载开始时 {start_load:.1f}，运行中平均 {mean_load:.1f}\n"
+             f"- 各步：" + "；".join(f"{name} {sec} s" for name, sec, _ in steps) + "\n"
+             f"- 合计：**{wall / 60:.1f} 分钟**，{'通过' if rc == 0 else f'失败（退出码 {rc}）'}\n")
     print(summary or f"（没有找到用时汇总，见 {args.log}）")
-    print(row)
+    print(block)
     if args.write:
         if not RESULTS.exists():
-            RESULTS.write_text(
-                "# `.ci/run` 的用时（新克隆，空闲与模拟繁忙）\n\n"
-                "由 `python benchmarks/ci_timing.py [--busy N] --write` 追加。目标（issue 16）："
-                "空闲的 2 核机器上 ≤ 20 分钟；负载约 8 时远在 90 分钟以内。\n\n"
-                "| 日期 | 提交 | 机器 | 忙进程 | 负载 | 各步用时 | 合计 |\n|---|---|---|---|---|---|---|\n",
-                encoding="utf-8")
+            RESULTS.write_text("# `.ci/run` 的用时（新克隆，空闲与模拟繁忙）\n", encoding="utf-8")
         with open(RESULTS, "a", encoding="utf-8") as f:
-            f.write(row + "\n")
+            f.write(block)
     return rc
 
 
