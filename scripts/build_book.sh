@@ -28,7 +28,8 @@ export PYTHONHASHSEED=0 PYDEVD_DISABLE_FILE_VALIDATION=1
 # OpenMP 线程空闲时让出 CPU：默认的忙等在机器被别的进程占用时让笔记本慢 2–3 倍
 # （benchmarks/results/threads_under_load.md）；用户自己设过的值不动
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-NB_TIMEOUT=${NB_TIMEOUT:-600}   # 单个笔记本的上限（秒，只是安全上限）；目标是空闲的 2 核上每个 ≤ 2 分钟
+NB_TIMEOUT=${NB_TIMEOUT:-1800}  # 每个单元格的上限（秒，nbmake 按单元格计），只是防挂死的安全上限：最慢的单元格
+                                # （02_diffusion 训练 UNet）空闲时单线程约 150 秒，负载 8 时约 4 倍
 NB_WORKERS=${NB_WORKERS:-2}     # 同时执行几个笔记本（1 = 依次执行，每个用 2 个线程）
 EDITION=${EDITION:-full}
 case $EDITION in
