@@ -11,13 +11,13 @@ def url_is_local(url: str) -> bool:
     return parsed.scheme in {"data", "blob", "about", "file"} or parsed.hostname in LOCAL_HOSTS
 
 
-def open_guarded(browser, width: int = 1280, height: int = 900):
-    """新开一个上下文与页面：外部请求一律拒绝并记下；返回 (context, page, report)。"""
+def open_guarded(browser, width: int = 1280, height: int = 900, allowed=url_is_local):
+    """新开一个上下文与页面：``allowed(url)`` 为假的请求一律拒绝并记下（默认只许本机）；返回 (context, page, report)。"""
     context = browser.new_context(viewport={"width": width, "height": height}, locale="zh-CN")
     report = {"external": [], "console": [], "failed": []}
 
     def guard(route):
-        if url_is_local(route.request.url):
+        if allowed(route.request.url):
             route.continue_()
         else:
             report["external"].append(route.request.url)
@@ -28,7 +28,7 @@ def open_guarded(browser, width: int = 1280, height: int = 900):
     page.on("console", lambda m: m.type == "error" and report["console"].append(m.text))
     page.on("pageerror", lambda e: report["console"].append(f"pageerror: {e}"))
     page.on("response", lambda r: r.status >= 400 and report["failed"].append(f"{r.status} {r.url}"))
-    page.on("requestfailed", lambda r: url_is_local(r.url) and report["failed"].append(f"failed {r.url}"))
+    page.on("requestfailed", lambda r: allowed(r.url) and report["failed"].append(f"failed {r.url} {r.failure}"))
     return context, page, report
 
 

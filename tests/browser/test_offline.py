@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 import pytest
 
+from page_checks import open_guarded
 from pages import HTML_DIR, ROOT, SCREENSHOT_DIR, toc_files
 
 ZIP = ROOT / "_build" / "clipedu-book-offline.zip"
@@ -49,22 +50,8 @@ def offline(tmp_path_factory):
 @pytest.fixture
 def file_page(browser):
     """打开新页面；记录控制台错误、失败的请求和任何非 file:// 的请求（一律拦下）。"""
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN")
-    report = {"console": [], "failed": [], "external": []}
-
-    def guard(route):
-        scheme = urlparse(route.request.url).scheme
-        if scheme in {"file", "data", "blob", "about"}:
-            route.continue_()
-        else:
-            report["external"].append(route.request.url)
-            route.abort()
-
-    context.route("**/*", guard)
-    page = context.new_page()
-    page.on("console", lambda m: m.type == "error" and report["console"].append(m.text))
-    page.on("pageerror", lambda e: report["console"].append(f"pageerror: {e}"))
-    page.on("requestfailed", lambda r: report["failed"].append(f"{r.url} {r.failure}"))
+    context, page, report = open_guarded(
+        browser, allowed=lambda url: urlparse(url).scheme in {"file", "data", "blob", "about"})
     yield page, report
     context.close()
 
