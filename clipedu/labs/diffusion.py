@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..optim import adamw
+
 
 @dataclass
 class DiffusionConfig:
@@ -271,7 +273,7 @@ def train_diffusion(model: nn.Module, diffusion: GaussianDiffusion, x0: torch.Te
     if cond is not None and cond.shape[0] != x0.shape[0]:
         raise ValueError(f"cond 与 x0 的样本数应相同，实际为 {cond.shape[0]} 与 {x0.shape[0]}")
     g = torch.Generator().manual_seed(seed)  # CPU 生成器：抽批次、t 与噪声都可复现
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    opt = adamw(model.parameters(), next(model.parameters()).device, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))  # 短预热，之后恒定
     model.train()
     history, start = [], time.perf_counter()

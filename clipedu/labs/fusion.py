@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..optim import adamw
 from ..tokenizer import PAD_ID, VOCAB_SIZE
 
 
@@ -234,7 +235,9 @@ def fit_classifier(
         )
     g = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if not params:
+        raise ValueError("模型没有可训练的参数 / no trainable parameters")
+    opt = adamw(params, params[0].device, lr=lr, weight_decay=weight_decay)
     warmup = max(1, steps // 20)
     # 线性预热 warmup 步，再余弦衰减到 0
     lr_at = lambda s: (
