@@ -22,10 +22,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from clipedu.benchmarking import machine_info  # noqa: E402
+from clipedu.benchmarking import busy_processes, git_head, machine_info  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "ci_timing.md"
-BUSY = "while True: pass"
 STEP_LINE = re.compile(r"^(\S.*?)\s+(\d+)s\b")
 
 
@@ -35,12 +34,11 @@ def sample_load(stop: threading.Event, out: list) -> None:
 
 
 def run_ci(busy: int, keep_log: Path, keep: Path | None = None) -> tuple[int, float, str, list[float]]:
-    procs = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(busy)]
     loads, stop = [], threading.Event()
     sampler = threading.Thread(target=sample_load, args=(stop, loads), daemon=True)
     sampler.start()
     try:
-        with tempfile.TemporaryDirectory(prefix="ci_timing_") as tmp:
+        with busy_processes(busy), tempfile.TemporaryDirectory(prefix="ci_timing_") as tmp:
             clone = keep if keep is not None else Path(tmp) / "repo"
             subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
             t0 = time.perf_counter()
@@ -50,8 +48,6 @@ def run_ci(busy: int, keep_log: Path, keep: Path | None = None) -> tuple[int, fl
             wall = time.perf_counter() - t0
     finally:
         stop.set()
-        for p in procs:
-            p.kill()
     text = keep_log.read_text(encoding="utf-8", errors="replace")
     summary = text[text.rfind("用时汇总"):] if "用时汇总" in text else ""
     return rc, wall, summary, loads
@@ -70,8 +66,7 @@ def main() -> int:
         parser.error("--busy 不能为负")
     if args.keep is not None and args.keep.exists():
         parser.error(f"--keep {args.keep} 已存在；请给一个新目录")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    commit = git_head(ROOT)
     machine = machine_info()
     start_load = os.getloadavg()[0]
     rc, wall, summary, loads = run_ci(args.busy, args.log, args.keep)

@@ -22,10 +22,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from clipedu.benchmarking import machine_info  # noqa: E402
+from clipedu.benchmarking import busy_processes, git_head, machine_info  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "notebook_timing.md"
-BUSY = "while True: pass"
 GOAL_S = 120.0
 
 
@@ -71,19 +70,13 @@ def run_notebook(path: Path, cache: Path, threads: int, timeout: int) -> tuple[f
 
 
 def one_pass(notebooks: list[Path], busy: int, threads: int, timeout: int) -> dict[str, tuple[float, bool]]:
-    procs = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(busy)]
-    try:
-        with tempfile.TemporaryDirectory(prefix="nb_cache_") as cache:
-            out = {}
-            for nb in notebooks:
-                out[nb.stem] = run_notebook(nb, Path(cache), threads, timeout)
-                wall, ok = out[nb.stem]
-                print(f"  忙进程 {busy}：{nb.stem:22s} {wall:6.1f} s{'' if ok else '  失败'}", flush=True)
-            return out
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
+    with busy_processes(busy), tempfile.TemporaryDirectory(prefix="nb_cache_") as cache:
+        out = {}
+        for nb in notebooks:
+            out[nb.stem] = run_notebook(nb, Path(cache), threads, timeout)
+            wall, ok = out[nb.stem]
+            print(f"  忙进程 {busy}：{nb.stem:22s} {wall:6.1f} s{'' if ok else '  失败'}", flush=True)
+        return out
 
 
 def main() -> int:
@@ -112,8 +105,7 @@ def main() -> int:
     else:
         notebooks = every
     machine = machine_info()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    commit = git_head(ROOT)
     start_load = os.getloadavg()[0]
     results = {n: one_pass(notebooks, n, args.threads, args.timeout) for n in passes}
     base = passes[0]

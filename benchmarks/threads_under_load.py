@@ -68,10 +68,9 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=2, help="交替轮数，取中位数")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    from clipedu.benchmarking import machine_info
+    from clipedu.benchmarking import busy_processes, machine_info
 
-    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
-    try:
+    with busy_processes(args.busy):  # 只停本脚本起的进程
         machine = machine_info()
         results = {s: [] for s in SETTINGS}
         for r in range(args.rounds):
@@ -80,10 +79,6 @@ def main(argv=None) -> None:
                 res["loadavg"] = machine_info()["loadavg"]
                 results[s].append(res)
                 print(json.dumps({"policy": s[0], "threads": s[1], **res}), flush=True)
-    finally:
-        for proc in busy:  # 只停本脚本起的进程
-            proc.kill()
-            proc.wait()
     rows = []
     for (policy, threads), rs in results.items():
         rows.append({"policy": policy, "threads": threads,

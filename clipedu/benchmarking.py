@@ -6,9 +6,12 @@ AVX2 的 AMD 上可差 2 倍以上，在被别的进程占用的机器上又可�
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -69,6 +72,24 @@ def machine_info() -> dict:
         "loadavg": loadavg(),
         "time_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
     }
+
+
+@contextlib.contextmanager
+def busy_processes(n: int):
+    """模拟繁忙机器：起 n 个 ``while True`` 的 Python 进程（nice 0），离开时只停掉这些进程。"""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def git_head(root: Path) -> str:
+    """仓库当前提交的短哈希（结果文件里注明测的是哪个提交）。"""
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                          text=True).stdout.strip()
 
 
 def device_name(device: torch.device) -> str:
