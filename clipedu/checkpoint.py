@@ -42,9 +42,12 @@ def training_checkpoint(state) -> dict:
     所有进程都要调用：要收集各进程的随机数状态（续训后每个进程的数据增强接着原样走）。
     """
     scaler = state.precision.scaler
+    ema = state.ema
     return {
         "format": FORMAT, "version": VERSION,
-        "model": state.raw_model.state_dict(),
+        # 用 EMA 时 "model" 是平均后的参数 θ̄（评估、导出、load_model 都用它），
+        # 续训需要的原始参数 θ 放在 train_state["raw_model"]
+        "model": ema.state_dict() if ema is not None else state.raw_model.state_dict(),
         "tokenizer": state.tokenizer.state_dict(),
         "config": state.model_config.to_dict(),
         "train_config": dataclasses.asdict(state.cfg),
@@ -55,6 +58,8 @@ def training_checkpoint(state) -> dict:
             "scaler": scaler.state_dict() if scaler is not None else None,
             "rng": all_gather_objects(rng_state()), "world_size": state.world_size,
             "bad_samples": state.bad.to_dict(),
+            **({"raw_model": state.raw_model.state_dict(), "ema_updates": ema.updates}
+               if ema is not None else {}),
         },
     }
 
@@ -73,7 +78,17 @@ def save_training_checkpoint(state, final: bool) -> None:
 def restore_training_state(state, ckpt: dict) -> None:
     """恢复模型、优化器、日程、GradScaler、步数、数据位置、坏样本计数与随机数状态。"""
     ts = ckpt["train_state"]
-    load_state_dict_checked(state.raw_model, ckpt["model"])
+    raw = ts.get("raw_model")  # 有它说明那次训练用了 EMA，"model" 是平均后的参数
+    load_state_dict_checked(state.raw_model, raw if raw is not None else ckpt["model"])
+    if state.ema is not None:
+        if raw is not None:
+            state.ema.load_state_dict(ckpt["model"], ts.get("ema_updates", 0))
+        else:  # 那次训练没用 EMA：从续训时的参数开始平均
+            from .ema import ModelEMA
+            state.ema = ModelEMA(state.raw_model, state.ema.decay)
+    elif raw is not None:
+        print("[clipedu] 检查点带有 EMA 参数，但这次续训没有设置 --ema-decay："
+              "从原始参数接着训练，不再平均 / resuming without ema")
     state.optimizer.load_state_dict(ts["optimizer"])
     state.scheduler.load_state_dict(ts["scheduler"])
     if state.precision.scaler is not None and ts.get("scaler"):

@@ -28,6 +28,7 @@ _TRAIN_FLAGS = [
     ("--weight-decay", "weight_decay", float, "AdamW 权重衰减"),
     ("--warmup-steps", "warmup_steps", int, "线性预热步数"),
     ("--grad-clip", "grad_clip", float, "梯度范数裁剪阈值"),
+    ("--ema-decay", "ema_decay", float, "参数 EMA 的衰减率上限，如 0.999（0：不用）；评估与保存用平均后的参数"),
     ("--seed", "seed", int, "运行种子"),
     ("--device", "device", str, "auto | cpu | cuda"),
     ("--precision", "precision", str, "fp32 | bf16 | fp16 | amp_bf16 | amp_fp16"),

@@ -194,6 +194,7 @@ class TrainConfig:
     eps: float = 1e-6                        # AdamW 的 ε
     warmup_steps: int = 50                   # 线性预热步数，之后余弦衰减到 0
     grad_clip: Optional[float] = None        # 梯度范数裁剪阈值；None 表示不裁剪
+    ema_decay: float = 0.0                   # 参数 EMA 的衰减率上限 ρ（如 0.999）；0 表示不用（见 ema.py）
     seed: int = 0                            # 运行种子；各进程种子由它派生
     # ---- 设备与精度 ----
     device: str = "auto"                     # "auto" | "cpu" | "cuda"
@@ -338,6 +339,7 @@ def validate_train_config(cfg: "TrainConfig") -> None:
     _check_float(cfg, "max_bad_fraction", 0.0, 1.0)
     _check_float(cfg, "time_budget", 0.0, optional=True)  # 0：训练一步就停（测试用）
     _check_float(cfg, "grad_clip", 0.0, low_open=True, optional=True)
+    _check_float(cfg, "ema_decay", 0.0, 0.9999)  # 1 意味着 θ̄ 永远停在初始值
     betas = tuple(cfg.betas) if isinstance(cfg.betas, (tuple, list)) else ()
     if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
         raise UsageError(f"TrainConfig.betas 应为两个 [0, 1) 内的数，实际为 {cfg.betas!r} / invalid betas")

@@ -28,6 +28,7 @@ from .bert_tokenizer import BertChineseTokenizer, tokenizer_from_state_dict
 from .checkpoint import (load_resume_checkpoint, restore_training_state,
                          save_training_checkpoint)
 from .config import CLIPConfig, TrainConfig, config_from_file
+from .ema import ModelEMA
 from .distributed import (all_reduce_mean, barrier, broadcast_flag, init_distributed,
                           is_dist)
 from .loss import ClipLoss
@@ -57,6 +58,7 @@ class TrainState:
     precision: Precision
     loss_fn: torch.nn.Module      # ClipLoss：多进程时先收集特征
     bad: Any                      # 坏样本计数器（真实数据）
+    ema: ModelEMA | None = None   # 参数的滑动平均（cfg.ema_decay > 0 时）；评估与保存用它
     step: int = 0                 # 已完成的优化器步数
     samples_seen: int = 0         # 已消耗的全局样本数（数据位置）
 
@@ -192,6 +194,8 @@ def train_one_step(state: TrainState, batch, dataset) -> dict:
         scaler.step(state.optimizer)  # 梯度里有 inf/NaN 时跳过这一步
         scaler.update()
     state.raw_model.clamp_logit_scale()  # ln(1/τ) ≤ ln 100
+    if state.ema is not None:
+        state.ema.update(state.raw_model)  # θ̄ ← ρ·θ̄ + (1 − ρ)·θ
     state.scheduler.step()
 
     state.step += 1
@@ -273,7 +277,8 @@ def _evaluate(state: TrainState) -> dict:
 
     metrics = {}
     if state.cfg.eval_size > 0 and state.rank == 0:
-        metrics = evaluate_during_training(state.raw_model, state.tokenizer, state.cfg)
+        model = state.ema.module if state.ema is not None else state.raw_model
+        metrics = evaluate_during_training(model, state.tokenizer, state.cfg)
         set_train_mode(state.raw_model, state.cfg)
     barrier()
     return metrics
@@ -375,6 +380,7 @@ def build_state(cfg: TrainConfig, train_dataset=None) -> tuple[TrainState, Any, 
         loss_fn=ClipLoss(local_loss=cfg.local_loss,
                          gather_with_grad=cfg.gather_with_grad),
         bad=BadSampleCounter.for_dataset(train_dataset, cfg.max_bad_fraction),
+        ema=ModelEMA(raw, cfg.ema_decay) if cfg.ema_decay > 0 else None,
     )
     seed_everything(rank_seed(cfg.seed, rank))
     if ckpt is not None:

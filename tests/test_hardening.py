@@ -194,6 +194,7 @@ def test_out_that_is_or_is_under_a_file(tmp_path, capsys, make, phrase):
     (["--max-bad-fraction", "2"], "--max-bad-fraction"), (["--steps", "abc"], "--steps"),
     (["--dataset", "imagenet"], "--dataset"), (["--no-such-flag"], "no-such-flag"),
     (["--csv-img-key", "path"], "--csv-img-key"), (["--max-objects", "2", "--dataset", "digits"], "--max-objects"),
+    (["--ema-decay", "1"], "--ema-decay"), (["--ema-decay", "-0.5"], "--ema-decay"),
     (["--data-path", "x.csv"], "--data-path"), (["--init-from", "w.pt", "--preset", "small"], "--preset"),
 ])
 def test_bad_flags_exit_2_with_one_line_naming_the_flag(tmp_path, capsys, flags, needle):
