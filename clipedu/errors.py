@@ -1,7 +1,7 @@
 """错误到一行中文说明的唯一映射：命令行从不给用户看调用栈（见第 5 章 sec-code-cli）。
 
 用户能改正的输入（旗标、配置、路径）是用法错误，退出码 2；运行中的失败（坏数据、磁盘满、
-损坏的权重文件、数值发散）退出码 1；Ctrl-C 退出码 130。每条说明是中文，末尾带英文关键词，
+损坏的权重文件、数值发散）退出码 1；Ctrl-C 退出码 130；训练收到 SIGTERM、保存后停下，退出码 143。每条说明是中文，末尾带英文关键词，
 并尽量点出相关的文件或旗标。想看完整调用栈时设置环境变量 ``CLIPEDU_DEBUG=1``。
 """
 from __future__ import annotations
@@ -85,6 +85,9 @@ def message_for(error: BaseException) -> tuple[str, int]:
 
     if isinstance(error, KeyboardInterrupt):
         return "已被用户中断（Ctrl-C）；已保存的检查点可用 --resume latest 继续 / interrupted", EXIT_INTERRUPTED
+    from .stop_signal import TrainingStopped
+    if isinstance(error, TrainingStopped):  # 退出码 128 + 信号编号，与被信号杀死时 shell 报告的相同
+        return str(error), error.exit_code
     text = str(error)
     if "DataLoader worker" in text and "Original Traceback" in text:
         original = _worker_original(text)

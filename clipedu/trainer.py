@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import signal
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -38,6 +39,7 @@ from .precision import Precision, build_precision, prepare_model
 from .run_log import RunLogger
 from .sampler import batch_stream
 from .seeding import rank_seed, seed_everything
+from .stop_signal import TrainingStopped, stop_requests
 from .tokenizer import ChineseTokenizer
 
 
@@ -87,14 +89,16 @@ def train(cfg: TrainConfig, train_dataset=None) -> list[dict]:
                            tensorboard=cfg.tensorboard,
                            resume_step=state.step if resumed else None)
         try:
-            return _loop(state, dataset, logger)
+            with stop_requests() as signalled:  # SIGTERM：下一个步边界保存后停下
+                return _loop(state, dataset, logger, signalled)
         finally:
             logger.close()
             if owns_group and is_dist():
                 dist.destroy_process_group()
 
 
-def _loop(state: TrainState, dataset, logger: RunLogger) -> list[dict]:
+def _loop(state: TrainState, dataset, logger: RunLogger,
+          signalled: Callable[[], int | None] = lambda: None) -> list[dict]:
     cfg = state.cfg
     set_train_mode(state.raw_model, cfg)
     stream = batch_stream(dataset, cfg.batch_size, state.rank, state.world_size,
@@ -132,6 +136,10 @@ def _loop(state: TrainState, dataset, logger: RunLogger) -> list[dict]:
             if broadcast_flag(out_of_time, state.device):
                 stopped_by = "time_budget"
                 break
+        signum = signalled()
+        if broadcast_flag(signum is not None, state.device) and state.step < cfg.steps:
+            bar.close()
+            _stop_on_signal(state, logger, signum or signal.SIGTERM, time.perf_counter() - t_start)
     bar.close()
     t1 = time.perf_counter()
     final_eval = _evaluate(state)
@@ -153,6 +161,16 @@ def _loop(state: TrainState, dataset, logger: RunLogger) -> list[dict]:
         "model_config": state.model_config.to_dict(), "train_config": _jsonable(cfg),
     })
     return history
+
+
+def _stop_on_signal(state: TrainState, logger: RunLogger, signum: int, wall: float) -> None:
+    """收到 SIGTERM：不做最终评估（调度器给的宽限时间很短），保存按步检查点，抛出 TrainingStopped。"""
+    save_training_checkpoint(state, final=False)
+    path = f"{state.cfg.out_dir}/ckpt_step{state.step}.pt" if state.rank == 0 else None
+    logger.write_metrics({"status": "stopped", "stopped_by": signal.Signals(signum).name,
+                          "steps": state.step, "samples_seen": state.samples_seen,
+                          "wall_time_s": wall, "checkpoint": path})
+    raise TrainingStopped(signum, state.step, path)
 
 
 def train_one_step(state: TrainState, batch, dataset) -> dict:

@@ -28,6 +28,7 @@ def main() -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch.distributed as dist
         dist.init_process_group("gloo")  # 自己建进程组，train() 就不会在结束时销毁它
+    from clipedu.stop_signal import TrainingStopped
     from clipedu.trainer import train
 
     data = tiny_dataset()
@@ -37,7 +38,10 @@ def main() -> int:
     for name in args.variants.split(","):
         cfg = tiny_train_config(Path(args.out) / name, steps=args.steps, batch_size=args.batch_size,
                                 save_every=args.save_every, resume=args.resume, **extra[name])
-        train(cfg, train_dataset=data)
+        try:
+            train(cfg, train_dataset=data)
+        except TrainingStopped as e:  # SIGTERM：检查点已保存，像命令行一样以 128 + 信号编号退出
+            return e.exit_code
     return 0
 
 

@@ -1,0 +1,61 @@
+"""SIGTERM → 在下一个步边界保存检查点再停（见第 5 章 sec-code-checkpoint）。
+
+集群调度器（Slurm 的抢占与超时、Kubernetes 删除 Pod）和 ``kill`` 默认都先发 SIGTERM，
+过一会儿再发 SIGKILL。Python 对 SIGTERM 的默认处理是立即退出：上一个检查点之后的训练全部白做。
+``stop_requests()`` 在训练循环期间把 SIGTERM 变成一个标志，循环每步结束时查看它，
+保存 ``ckpt_step{N}.pt`` 后抛出 ``TrainingStopped``（命令行退出码 128 + 信号编号，SIGTERM 为 143）。
+同一个信号来第二次就按默认方式立即退出：卡住的进程仍然可以用 SIGTERM 停下。
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from typing import Callable, Iterator, Optional
+
+STOP_SIGNALS = (signal.SIGTERM,)
+
+
+class TrainingStopped(Exception):
+    """训练因信号在步边界停下，检查点已保存；``--resume latest`` 可以接着训练。"""
+
+    def __init__(self, signum: int, step: int, checkpoint: Optional[str]):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.exit_code = 128 + signum
+        name = signal.Signals(signum).name
+        where = f"已保存检查点 {checkpoint}" if checkpoint else "检查点由 0 号进程保存"
+        super().__init__(f"收到 {name}，训练在第 {step} 步结束时停下，{where}；"
+                         f"用同样的命令加 --resume latest 接着训练 / stopped by {name}")
+
+
+@contextlib.contextmanager
+def stop_requests(signals: tuple = STOP_SIGNALS) -> Iterator[Callable[[], Optional[int]]]:
+    """上下文内收到 ``signals`` 之一时只记下它；返回的函数给出收到的信号编号（没有则 None）。
+
+    只能在主线程里安装信号处理函数；在别的线程里（例如 GUI 或服务里调用 train）什么也不改，
+    函数永远返回 None。离开上下文时恢复原来的处理函数。
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    received: list[int] = []
+    previous = {s: signal.getsignal(s) for s in signals}
+
+    def handler(signum, frame):
+        if received:  # 第二次：恢复原来的处理方式并重发，进程按它退出
+            signal.signal(signum, previous[signum] if callable(previous[signum]) else signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        received.append(signum)
+
+    for s in signals:
+        signal.signal(s, handler)
+    try:
+        yield lambda: received[0] if received else None
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+__all__ = ["TrainingStopped", "stop_requests", "STOP_SIGNALS"]
