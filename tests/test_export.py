@@ -116,3 +116,24 @@ def test_serve_onnx_backend_runs_without_torch(tmp_path, model):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_export_refuses_to_replace_another_models_export(tmp_path, capsys):
+    """同一个检查点可以重新导出；另一个模型的完整导出只有加 --overwrite 才会被覆盖。"""
+    from clipedu.cli import main
+
+    a = save_random_checkpoint(tmp_path / "a.pt")
+    b = save_random_checkpoint(tmp_path / "b.pt", seed=1)
+    out = tmp_path / "onnx"
+    assert main(["export", "--checkpoint", str(a), "--out", str(out), "--no-check"]) == 0
+    meta = (out / "clipedu-onnx.json").read_text(encoding="utf-8")
+    assert main(["export", "--checkpoint", str(a), "--out", str(out), "--no-check"]) == 0  # 同一个模型：照常
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(b), "--out", str(out), "--no-check"]) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "a.pt" in err and len(err.strip().splitlines()) == 1
+    assert (out / "clipedu-onnx.json").read_text(encoding="utf-8") == meta  # 原来的导出原样
+    assert main(["export", "--checkpoint", str(b), "--out", str(out), "--no-check", "--overwrite"]) == 0
+    assert json.loads((out / "clipedu-onnx.json").read_text())["source_checkpoint"] == "b.pt"
+    (out / "clipedu-onnx.json").write_text("{坏", encoding="utf-8")  # 元数据坏了：不认识就不覆盖
+    assert main(["export", "--checkpoint", str(a), "--out", str(out), "--no-check"]) == 2

@@ -64,6 +64,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--format", default="onnx", choices=("onnx",), help="目前只有 onnx")
     p.add_argument("--out", required=True, help="输出目录")
     p.add_argument("--no-check", action="store_true", help="不核对 onnxruntime 与 PyTorch 的输出")
+    p.add_argument("--overwrite", action="store_true", help="--out 里已有另一个模型的导出时覆盖它（默认拒绝）")
     p.set_defaults(func=_cmd_export)
 
 
@@ -121,6 +122,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_onnx
 
     with OutDirLock(args.out, enabled=True):
-        result = export_onnx(args.checkpoint, args.out, check=not args.no_check)
+        result = export_onnx(args.checkpoint, args.out, check=not args.no_check, overwrite=args.overwrite)
     print(json.dumps(result, ensure_ascii=False))
     return 0

@@ -51,14 +51,40 @@ def _example_tokens(encoder, batch: int):
     return tokens if isinstance(tokens, torch.Tensor) else torch.as_tensor(tokens)
 
 
-def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, check: bool = True, log=print) -> dict:
-    """导出两个编码器；check=True 时用随机批（批大小 1 与 3）核对 onnxruntime 与 PyTorch，返回最大误差。"""
+def check_export_target(out: Path, fingerprint: str, overwrite: bool) -> None:
+    """out 里已有另一个模型的完整导出时拒绝（除非 overwrite）：别让一次导出悄悄换掉服务正在用的模型。
+
+    同一个检查点（SHA-256 相同）重新导出、写到一半的导出（没有元数据文件）都直接覆盖。"""
+    from ..errors import UsageError
+
+    meta_path = out / ONNX_META
+    if overwrite or not meta_path.is_file():
+        return
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        old, source = meta["source_sha256"], meta.get("source_checkpoint", "?")
+    except (OSError, ValueError, KeyError, TypeError):
+        old, source = None, "无法读取的元数据"
+    if old != fingerprint:
+        raise UsageError(
+            f"{out} 里已有另一个模型的 ONNX 导出（来自 {source}，SHA-256 "
+            f"{(old or '?')[:12]}…，现在的检查点是 {fingerprint[:12]}…）；请换一个 --out，"
+            f"或加 --overwrite 覆盖它 / export of another model exists")
+
+
+def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, check: bool = True, log=print,
+                overwrite: bool = False) -> dict:
+    """导出两个编码器；check=True 时用随机批（批大小 1 与 3）核对 onnxruntime 与 PyTorch，返回最大误差。
+
+    out 里已有别的检查点的导出时拒绝，除非 overwrite=True（见 ``check_export_target``）。"""
     import torch
 
     from ..outdir import ensure_dir
 
     encoder = load_torch_encoder(checkpoint)
-    model, out = encoder.model.float().eval(), ensure_dir(out)
+    out = ensure_dir(out)
+    check_export_target(out, encoder.fingerprint, overwrite)
+    model = encoder.model.float().eval()
     (out / ONNX_META).unlink(missing_ok=True)  # 写到一半被杀时，目录不会被当成完整的导出
     image_enc, text_enc = _wrappers(model)
     S = encoder.image_size
