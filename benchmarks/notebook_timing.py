@@ -22,6 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+from book_toc import toc_notebooks  # noqa: E402
 from clipedu.benchmarking import busy_processes, git_head, machine_info  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "notebook_timing.md"
@@ -30,23 +32,7 @@ GOAL_S = 120.0
 
 def book_order() -> list[Path]:
     """_toc.yml 里笔记本出现的顺序（读者从头读到尾的顺序）。"""
-    import yaml
-
-    found: list[Path] = []
-
-    def walk(node) -> None:
-        if isinstance(node, dict):
-            f = node.get("file")
-            if isinstance(f, str) and f.startswith("notebooks/"):
-                found.append(ROOT / f"{f}.ipynb")
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8")))
-    return found
+    return toc_notebooks(ROOT / "_toc.yml")
 
 
 def run_notebook(path: Path, cache: Path, threads: int, timeout: int) -> tuple[float, bool]:

@@ -3,32 +3,16 @@ from __future__ import annotations
 
 import functools
 import http.server
+import sys
 import threading
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+from book_toc import toc_files  # noqa: E402,F401  目录顺序与笔记本计时共用
 HTML_DIR = ROOT / "_build" / "html"
 SCREENSHOT_DIR = ROOT / "_build" / "screenshots"
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
-
-
-def toc_files(toc_path: Path = ROOT / "_toc.yml") -> list[str]:
-    """按目录顺序列出 _toc.yml 里（未注释的）全部文件，不带扩展名，如 ``book/preface``。"""
-    toc = yaml.safe_load(toc_path.read_text(encoding="utf-8"))
-    files = [toc["root"]]
-
-    def walk(entries):
-        for entry in entries or []:
-            if "file" in entry:
-                files.append(entry["file"])
-            for key in ("parts", "chapters", "sections"):
-                walk(entry.get(key))
-
-    for key in ("parts", "chapters"):
-        walk(toc.get(key))
-    return [str(Path(f).with_suffix("")) if f.endswith((".md", ".ipynb")) else f for f in files]
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
