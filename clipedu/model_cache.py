@@ -29,7 +29,7 @@ from .outdir import OutDirLock, check_out_dir_unused, clear_run_files
 from .trainer import train
 
 CACHE_ENV = "CLIPEDU_CACHE"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2：meta.json 记下每个文件的 SHA-256，还原前核对
 # 不影响训练结果的字段：不进键
 _NOT_IN_KEY = ("out_dir", "overwrite", "progress", "tensorboard", "log_every", "save_every", "keep_last")
 
@@ -72,13 +72,18 @@ def train_cached(cfg: TrainConfig, train_dataset=None, data_key: Optional[str] =
     # 同一个键同时只有一个进程在训练：并行执行的两个笔记本要同一个模型时，后到的等前一个训完，再从缓存还原
     with _entry_lock(entry):
         if (entry / "meta.json").is_file():
-            with OutDirLock(cfg.out_dir):  # 还原与训练守同样的规则：不覆盖已有的训练
-                check_out_dir_unused(cfg.out_dir, None, cfg.overwrite)
-                if cfg.overwrite:
-                    clear_run_files(cfg.out_dir)
-                history = _restore(entry, Path(cfg.out_dir))
-            print(f"[clipedu] 从模型缓存还原（{len(history)} 步，键 {entry.name}）：{entry}")
-            return history
+            problem = _verify(entry)
+            if problem is None:
+                with OutDirLock(cfg.out_dir):  # 还原与训练守同样的规则：不覆盖已有的训练
+                    check_out_dir_unused(cfg.out_dir, None, cfg.overwrite)
+                    if cfg.overwrite:
+                        clear_run_files(cfg.out_dir)
+                    history = _restore(entry, Path(cfg.out_dir))
+                print(f"[clipedu] 从模型缓存还原（{len(history)} 步，键 {entry.name}）：{entry}")
+                return history
+            # 缓存只是省时间的副本：坏了就删掉重训，不让一个坏文件挡住笔记本
+            print(f"[clipedu] 模型缓存条目 {entry} 已损坏（{problem}），删掉后重新训练 / corrupt cache entry")
+            shutil.rmtree(entry, ignore_errors=True)
         history = train(cfg, train_dataset)
         metrics = json.loads((Path(cfg.out_dir) / "metrics.json").read_text(encoding="utf-8"))
         if metrics.get("stopped_by") == "steps":
@@ -115,7 +120,8 @@ def _store(entry: Path, out_dir: Path, history: list[dict]) -> None:
         (tmp / "history.json").write_text(json.dumps(history, ensure_ascii=False), encoding="utf-8")
         shutil.copyfile(out_dir / "metrics.json", tmp / "metrics.json")
         meta = {"format": "clipedu-model-cache", "cache_format": CACHE_FORMAT, "key": entry.name,
-                "config": ckpt["config"], "tokenizer": ckpt["tokenizer"], "train_config": ckpt["train_config"]}
+                "config": ckpt["config"], "tokenizer": ckpt["tokenizer"], "train_config": ckpt["train_config"],
+                "sha256": {name: _sha256(tmp / name) for name in _FILES}}
         (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")  # 最后写：有它才算完整
         os.replace(tmp, entry)
     except OSError:
@@ -123,6 +129,34 @@ def _store(entry: Path, out_dir: Path, history: list[dict]) -> None:
             raise  # 不是“别的进程已经先存好了同一个条目”，而是真的写失败了
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+_FILES = ("model.safetensors", "history.json", "metrics.json")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _verify(entry: Path) -> Optional[str]:
+    """条目完整且每个文件的 SHA-256 与 meta.json 记下的一致时返回 None，否则返回哪里不对。
+
+    safetensors 本身没有校验和：中间翻转一个字节的文件照样能读，读出的是错的权重。"""
+    try:
+        meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
+        want = meta["sha256"]
+        if meta.get("format") != "clipedu-model-cache" or meta.get("key") != entry.name:
+            return "meta.json 与条目不符"
+        for name in _FILES:
+            if _sha256(entry / name) != want[name]:
+                return f"{name} 的 SHA-256 不符"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def _restore(entry: Path, out_dir: Path) -> list[dict]:

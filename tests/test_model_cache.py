@@ -92,3 +92,32 @@ def test_parallel_callers_train_once(tmp_path, cache):
     assert sum("从模型缓存还原" in out for out in outs) == 1, outs
     logs = [(tmp_path / f"run{i}" / "log.jsonl").read_text(encoding="utf-8") for i in range(2)]
     assert logs[0] == logs[1]
+
+
+@pytest.mark.parametrize("damage", ["flip_weights", "truncate_history", "drop_meta_hash"])
+def test_damaged_entry_is_detected_and_retrained(tmp_path, cache, capsys, damage):
+    """safetensors 没有校验和：翻转权重中间的一个字节也能读。meta.json 的 SHA-256 发现它，删掉条目重新训练。"""
+    first = mc.train_cached(_cfg(tmp_path / "run1"))
+    entry = cache / mc.cache_key(_cfg(tmp_path / "x"))
+    if damage == "flip_weights":
+        path = entry / "model.safetensors"
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        path.write_bytes(bytes(data))
+    elif damage == "truncate_history":
+        path = entry / "history.json"
+        path.write_bytes(path.read_bytes()[:10])
+    else:
+        meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
+        del meta["sha256"]
+        (entry / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    capsys.readouterr()
+    again = mc.train_cached(_cfg(tmp_path / "run2"))
+    assert "corrupt cache entry" in capsys.readouterr().out
+    timing = {"pairs_per_s", "time_s"}  # 只有用时不同
+    strip = lambda h: [{k: v for k, v in r.items() if k not in timing} for r in h]  # noqa: E731
+    assert strip(again) == strip(first)  # 重新训练，损失与第一次逐位相同
+    m1, _ = load_model(tmp_path / "run1" / "last.pt")
+    m2, _ = load_model(tmp_path / "run2" / "last.pt")
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    assert mc._verify(entry) is None  # 新条目完好
