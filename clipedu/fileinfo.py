@@ -6,11 +6,22 @@ clipedu 的检查点（``.pt``）与导出的 ``.safetensors`` 都带着模型�
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
 FORMAT = "clipedu-checkpoint"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """文件内容的 SHA-256（十六进制），按 1 MiB 一块读：模型指纹、索引与模型缓存的校验共用。"""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def stored_config(path: str):

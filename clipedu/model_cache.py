@@ -25,6 +25,7 @@ import torch
 
 from .checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .fileinfo import file_sha256
 from .outdir import OutDirLock, check_out_dir_unused, clear_run_files
 from .trainer import train
 
@@ -121,7 +122,7 @@ def _store(entry: Path, out_dir: Path, history: list[dict]) -> None:
         shutil.copyfile(out_dir / "metrics.json", tmp / "metrics.json")
         meta = {"format": "clipedu-model-cache", "cache_format": CACHE_FORMAT, "key": entry.name,
                 "config": ckpt["config"], "tokenizer": ckpt["tokenizer"], "train_config": ckpt["train_config"],
-                "sha256": {name: _sha256(tmp / name) for name in _FILES}}
+                "sha256": {name: file_sha256(tmp / name) for name in _FILES}}
         (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")  # 最后写：有它才算完整
         os.replace(tmp, entry)
     except OSError:
@@ -134,14 +135,6 @@ def _store(entry: Path, out_dir: Path, history: list[dict]) -> None:
 _FILES = ("model.safetensors", "history.json", "metrics.json")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _verify(entry: Path) -> Optional[str]:
     """条目完整且每个文件的 SHA-256 与 meta.json 记下的一致时返回 None，否则返回哪里不对。
 
@@ -152,7 +145,7 @@ def _verify(entry: Path) -> Optional[str]:
         if meta.get("format") != "clipedu-model-cache" or meta.get("key") != entry.name:
             return "meta.json 与条目不符"
         for name in _FILES:
-            if _sha256(entry / name) != want[name]:
+            if file_sha256(entry / name) != want[name]:
                 return f"{name} 的 SHA-256 不符"
     except (OSError, ValueError, KeyError, TypeError) as e:
         return f"{type(e).__name__}: {e}"

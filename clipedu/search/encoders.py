@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import unicodedata
@@ -20,15 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fileinfo import file_sha256
+
 ONNX_META = "clipedu-onnx.json"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- PyTorch 后端

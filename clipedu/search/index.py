@@ -33,6 +33,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..errors import CorruptFileError
+from ..fileinfo import file_sha256
 from .images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, BadImage, load_image_file
 
 FORMAT = "clipedu-image-index"
@@ -51,14 +52,6 @@ class BadImageError(ValueError):
 
 
 # ---------------------------------------------------------------- 小工具
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def atomic_write(path: Path, write: Callable) -> None:
     """写临时文件、fsync、rename：目标文件要么是旧内容，要么是完整的新内容。"""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -207,7 +200,7 @@ def load_index(index_dir: str | os.PathLike, verify: bool = True) -> ImageIndex:
     for path, key in ((emb_path, "embeddings"), (items_path, "items")):
         if not path.is_file():
             raise _corrupt(index_dir, f"缺少 {path.name}")
-        if verify and _sha256(path) != meta[key]["sha256"]:
+        if verify and file_sha256(path) != meta[key]["sha256"]:
             raise _corrupt(index_dir, f"{path.name} 的 SHA-256 与 {META} 记录的不符（文件被改动或截断）")
     try:
         embeddings = np.load(emb_path, allow_pickle=False, mmap_mode="r")
@@ -387,8 +380,8 @@ def _commit(out: Path, root: Path, items: list[dict], matrix: np.ndarray, encode
         "format": FORMAT, "version": VERSION, "root": str(root), "count": len(items),
         "dim": int(matrix.shape[1]), "dtype": str(matrix.dtype), "model_sha256": encoder.fingerprint,
         "image_size": encoder.image_size,
-        "embeddings": {"file": emb_name, "sha256": _sha256(out / emb_name)},
-        "items": {"file": items_name, "sha256": _sha256(out / items_name)},
+        "embeddings": {"file": emb_name, "sha256": file_sha256(out / emb_name)},
+        "items": {"file": items_name, "sha256": file_sha256(out / items_name)},
         "last_build": report.to_dict(),
     }
     write_json(out / META, meta)
