@@ -57,12 +57,14 @@ def batch_stream(dataset, global_batch: int, rank: int = 0, world_size: int = 1,
     """无限地产出本进程的批 ``Batch(images, captions, labels, bad, seen)``，
     从第 ``start_sample`` 个全局样本接着读。"""
     from .data.robust import Batch, collate
+    from .stop_signal import ignore_stop_signals
 
     local_batch = global_batch // world_size
     if isinstance(dataset, IterableDataset):
         # 流式数据（WebDataset）没有下标：续训时跳过已读的批（分片由数据集按 rank 切分）
         loader = DataLoader(dataset, batch_size=local_batch, collate_fn=collate,
-                            num_workers=num_workers, drop_last=True)
+                            num_workers=num_workers, drop_last=True,
+                            worker_init_fn=ignore_stop_signals)
         skip = start_sample // global_batch
         while True:
             for batch in loader:
@@ -80,5 +82,7 @@ def batch_stream(dataset, global_batch: int, rank: int = 0, world_size: int = 1,
     # 取一个，续训时全局随机数（数据增强、dropout 用的）就比一口气跑完的错开一位，
     # 结果不再逐位相同
     generator = torch.Generator().manual_seed(rank_seed(seed, rank) + start_sample)
+    # worker 忽略 SIGTERM（stop_signal.ignore_stop_signals）：发给整个进程组的信号只由主进程处理
     yield from DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                          num_workers=num_workers, generator=generator)
+                          num_workers=num_workers, generator=generator,
+                          worker_init_fn=ignore_stop_signals)

@@ -58,4 +58,14 @@ def stop_requests(signals: tuple = STOP_SIGNALS) -> Iterator[Callable[[], Option
             signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
-__all__ = ["TrainingStopped", "stop_requests", "STOP_SIGNALS"]
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader worker 的 ``worker_init_fn``：worker 忽略 SIGTERM，由主进程决定何时停下。
+
+    调度器（Slurm）与 ``kill -- -PGID`` 常把信号发给整个进程组：worker 若先按默认方式死掉，
+    主进程取下一批时就报错退出，来不及在步边界保存。worker 不会因此留下来：主进程退出时会收尾，
+    父进程消失时 worker 也会自行退出。"""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
+__all__ = ["TrainingStopped", "stop_requests", "ignore_stop_signals", "STOP_SIGNALS"]

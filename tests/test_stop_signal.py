@@ -81,3 +81,19 @@ def test_cli_prints_one_line_and_exits_143(tmp_path):
     assert len(lines) == 1 and "SIGTERM" in lines[0] and "--resume latest" in lines[0], err
     assert "Traceback" not in err
     assert list(out.glob("ckpt_step*.pt"))
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_whole_process_group_with_dataloader_workers(tmp_path):
+    """调度器把 SIGTERM 发给整个进程组（含 DataLoader worker）：worker 不能先死，训练照样存档后以 143 退出。"""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "clipedu", "train", "--preset", "tiny-cpu", "--out", str(out),
+           "--steps", "100000", "--batch-size", "8", "--eval-size", "0", "--no-progress", "--num-workers", "1"]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # 自己一个进程组，killpg 不会波及 pytest
+    _wait_for_lines(out / "log.jsonl", 3, proc)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    n = json.loads((out / "metrics.json").read_text())["steps"]
+    assert (out / f"ckpt_step{n}.pt").exists() and "Traceback" not in err
