@@ -1,10 +1,11 @@
-"""SIGTERM → 在下一个步边界保存检查点再停（见第 5 章 sec-code-checkpoint）。
+"""SIGTERM 与 Ctrl-C（SIGINT）→ 在下一个步边界保存检查点再停（见第 5 章 sec-code-resume）。
 
 集群调度器（Slurm 的抢占与超时、Kubernetes 删除 Pod）和 ``kill`` 默认都先发 SIGTERM，
 过一会儿再发 SIGKILL。Python 对 SIGTERM 的默认处理是立即退出：上一个检查点之后的训练全部白做。
-``stop_requests()`` 在训练循环期间把 SIGTERM 变成一个标志，循环每步结束时查看它，
-保存 ``ckpt_step{N}.pt`` 后抛出 ``TrainingStopped``（命令行退出码 128 + 信号编号，SIGTERM 为 143）。
-同一个信号来第二次就按默认方式立即退出：卡住的进程仍然可以用 SIGTERM 停下。
+``stop_requests()`` 在训练循环期间把 SIGTERM 与 SIGINT 变成一个标志，循环每步结束时查看它，
+保存 ``ckpt_step{N}.pt`` 后抛出 ``TrainingStopped``（命令行退出码 128 + 信号编号：SIGTERM 143，
+Ctrl-C 130）。同一个信号来第二次就按原来的方式立即处理（SIGTERM 退出，Ctrl-C 抛 KeyboardInterrupt）：
+卡住的进程仍然停得下来。
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import signal
 import threading
 from typing import Callable, Iterator, Optional
 
-STOP_SIGNALS = (signal.SIGTERM,)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class TrainingStopped(Exception):
@@ -24,8 +25,9 @@ class TrainingStopped(Exception):
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
         self.exit_code = 128 + signum
         name = signal.Signals(signum).name
+        shown = "Ctrl-C（SIGINT）" if signum == signal.SIGINT else name
         where = f"已保存检查点 {checkpoint}" if checkpoint else "检查点由 0 号进程保存"
-        super().__init__(f"收到 {name}，训练在第 {step} 步结束时停下，{where}；"
+        super().__init__(f"收到 {shown}，训练在第 {step} 步结束时停下，{where}；"
                          f"用同样的命令加 --resume latest 接着训练 / stopped by {name}")
 
 
@@ -59,7 +61,7 @@ def stop_requests(signals: tuple = STOP_SIGNALS) -> Iterator[Callable[[], Option
 
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader worker 的 ``worker_init_fn``：worker 忽略 SIGTERM，由主进程决定何时停下。
+    """DataLoader worker 的 ``worker_init_fn``：worker 忽略 SIGTERM 与 SIGINT，由主进程决定何时停下。
 
     调度器（Slurm）与 ``kill -- -PGID`` 常把信号发给整个进程组：worker 若先按默认方式死掉，
     主进程取下一批时就报错退出，来不及在步边界保存。worker 不会因此留下来：主进程退出时会收尾，

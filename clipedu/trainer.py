@@ -89,7 +89,7 @@ def train(cfg: TrainConfig, train_dataset=None) -> list[dict]:
                            tensorboard=cfg.tensorboard,
                            resume_step=state.step if resumed else None)
         try:
-            with stop_requests() as signalled:  # SIGTERM：下一个步边界保存后停下
+            with stop_requests() as signalled:  # SIGTERM、Ctrl-C：下一个步边界保存后停下
                 return _loop(state, dataset, logger, signalled)
         finally:
             logger.close()
@@ -164,7 +164,7 @@ def _loop(state: TrainState, dataset, logger: RunLogger,
 
 
 def _stop_on_signal(state: TrainState, logger: RunLogger, signum: int, wall: float) -> None:
-    """收到 SIGTERM：不做最终评估（调度器给的宽限时间很短），保存按步检查点，抛出 TrainingStopped。"""
+    """收到 SIGTERM 或 Ctrl-C：不做最终评估（调度器给的宽限时间很短），保存按步检查点，抛出 TrainingStopped。"""
     save_training_checkpoint(state, final=False)
     path = f"{state.cfg.out_dir}/ckpt_step{state.step}.pt" if state.rank == 0 else None
     logger.write_metrics({"status": "stopped", "stopped_by": signal.Signals(signum).name,

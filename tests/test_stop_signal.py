@@ -19,14 +19,24 @@ WORKER = str(ROOT / "tests" / "_train_worker.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
-def test_signal_becomes_a_flag_inside_and_the_old_handler_comes_back():
-    before = signal.getsignal(signal.SIGTERM)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_becomes_a_flag_inside_and_the_old_handler_comes_back(sig):
+    before = signal.getsignal(sig)
     with stop_requests() as signalled:
         assert signalled() is None
-        os.kill(os.getpid(), signal.SIGTERM)  # 进程没有退出：只记下了信号
+        os.kill(os.getpid(), sig)  # 进程没有退出、没有 KeyboardInterrupt：只记下了信号
         time.sleep(0.01)
-        assert signalled() == signal.SIGTERM
-    assert signal.getsignal(signal.SIGTERM) is before
+        assert signalled() == sig
+    assert signal.getsignal(sig) is before
+
+
+def test_second_ctrl_c_interrupts_at_once():
+    with pytest.raises(KeyboardInterrupt):
+        with stop_requests():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGINT)  # 第二次：按原来的处理方式，立即 KeyboardInterrupt
+            time.sleep(1)
 
 
 def test_message_and_exit_code():
@@ -68,17 +78,18 @@ def test_sigterm_saves_then_resume_is_bit_identical(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_prints_one_line_and_exits_143(tmp_path):
+@pytest.mark.parametrize("sig, code, name", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")])
+def test_cli_prints_one_line_and_exits_128_plus_signal(tmp_path, sig, code, name):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "clipedu", "train", "--preset", "tiny-cpu", "--out", str(out),
            "--steps", "100000", "--batch-size", "8", "--eval-size", "0", "--no-progress"]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_lines(out / "log.jsonl", 2, proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143
+    assert proc.returncode == code
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "SIGTERM" in lines[0] and "--resume latest" in lines[0], err
+    assert len(lines) == 1 and name in lines[0] and "--resume latest" in lines[0], err
     assert "Traceback" not in err
     assert list(out.glob("ckpt_step*.pt"))
 
