@@ -36,13 +36,15 @@ def stop_requests(signals: tuple = STOP_SIGNALS) -> Iterator[Callable[[], Option
     """上下文内收到 ``signals`` 之一时只记下它；返回的函数给出收到的信号编号（没有则 None）。
 
     只能在主线程里安装信号处理函数；在别的线程里（例如 GUI 或服务里调用 train）什么也不改，
-    函数永远返回 None。离开上下文时恢复原来的处理函数。
+    函数永远返回 None。原本被忽略的信号（SIG_IGN，例如非交互 shell 里后台进程的 SIGINT）保持忽略。
+    离开上下文时恢复原来的处理函数。
     """
     if threading.current_thread() is not threading.main_thread():
         yield lambda: None
         return
     received: list[int] = []
     previous = {s: signal.getsignal(s) for s in signals}
+    previous = {s: h for s, h in previous.items() if h is not signal.SIG_IGN}
 
     def handler(signum, frame):
         if received:  # 第二次：恢复原来的处理方式并重发，进程按它退出
@@ -51,7 +53,7 @@ def stop_requests(signals: tuple = STOP_SIGNALS) -> Iterator[Callable[[], Option
             return
         received.append(signum)
 
-    for s in signals:
+    for s in previous:
         signal.signal(s, handler)
     try:
         yield lambda: received[0] if received else None

@@ -19,6 +19,24 @@ WORKER = str(ROOT / "tests" / "_train_worker.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
+@pytest.fixture(autouse=True)
+def python_default_handlers():
+    """像在终端里那样：SIGINT → KeyboardInterrupt，SIGTERM → 默认（退出）。
+
+    非交互 shell 里的后台进程（例如 CI 脚本启动的 pytest）继承的 SIGINT 是“忽略”，这里先改回来。"""
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for s, h in old.items():
+        signal.signal(s, h)
+
+
+def _terminal_like():
+    """子进程的 preexec_fn：SIGINT 恢复默认，Python 启动时才会装上 KeyboardInterrupt。"""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_becomes_a_flag_inside_and_the_old_handler_comes_back(sig):
     before = signal.getsignal(sig)
@@ -28,6 +46,16 @@ def test_signal_becomes_a_flag_inside_and_the_old_handler_comes_back(sig):
         time.sleep(0.01)
         assert signalled() == sig
     assert signal.getsignal(sig) is before
+
+
+def test_ignored_signals_stay_ignored():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with stop_requests() as signalled:
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        assert signalled() is None
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 def test_second_ctrl_c_interrupts_at_once():
@@ -57,7 +85,8 @@ def _wait_for_lines(path: Path, n: int, proc, timeout: float = 120) -> None:
 def test_sigterm_saves_then_resume_is_bit_identical(tmp_path):
     args = ["--steps", "10", "--batch-size", "8", "--delay", "0.004"]
     ref = subprocess.Popen([sys.executable, WORKER, "--out", str(tmp_path / "ref"), *args], env=ENV)
-    victim = subprocess.Popen([sys.executable, WORKER, "--out", str(tmp_path / "cut"), *args], env=ENV)
+    victim = subprocess.Popen([sys.executable, WORKER, "--out", str(tmp_path / "cut"), *args], env=ENV,
+                              preexec_fn=_terminal_like)
     cut = tmp_path / "cut" / "plain"
     _wait_for_lines(cut / "log.jsonl", 3, victim)
     victim.send_signal(signal.SIGTERM)
@@ -83,7 +112,8 @@ def test_cli_prints_one_line_and_exits_128_plus_signal(tmp_path, sig, code, name
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "clipedu", "train", "--preset", "tiny-cpu", "--out", str(out),
            "--steps", "100000", "--batch-size", "8", "--eval-size", "0", "--no-progress"]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_terminal_like)
     _wait_for_lines(out / "log.jsonl", 2, proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
