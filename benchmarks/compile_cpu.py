@@ -37,6 +37,11 @@ def _row(name: str, compiled: bool, step_times: list[float], skip: int, unit: st
             "steady_ms": 1000 * steady, "total_s": sum(step_times), "steps": len(step_times), "unit": unit}
 
 
+def _step_times(hist: list[dict]) -> list[float]:
+    """逐步记录里的累计用时 ``time`` → 每步用时。"""
+    return [b["time"] - a["time"] for a, b in zip([{"time": 0.0}] + hist, hist)]
+
+
 def clip_rows(steps: int, batch: int, skip: int) -> list[dict]:
     from clipedu.config import TrainConfig
     from clipedu.trainer import train
@@ -65,8 +70,7 @@ def fusion_rows(steps: int, skip: int) -> list[dict]:
         model = FUSION_MODELS["early"](FusionConfig())
         run = torch.compile(model) if compiled else model
         hist = fit_classifier(run, (Xi, Xt), Y, steps=steps, batch_size=64, lr=2e-3, seed=0)
-        times = [b["time"] - a["time"] for a, b in zip([{"time": 0.0}] + hist, hist)]
-        rows.append(_row("早期融合（02_fusion）", compiled, times, skip, "批 64"))
+        rows.append(_row("早期融合（02_fusion）", compiled, _step_times(hist), skip, "批 64"))
     return rows
 
 
@@ -83,8 +87,7 @@ def unet_rows(steps: int, skip: int) -> list[dict]:
         unet = TinyUNet(UNetConfig(image_size=16, cond_dim=128))
         run = torch.compile(unet) if compiled else unet
         hist = train_diffusion(run, diffusion, x0, cond, steps=steps, batch_size=64, lr=2e-3, seed=0)
-        times = [b["time"] - a["time"] for a, b in zip([{"time": 0.0}] + hist, hist)]
-        rows.append(_row("TinyUNet（02_diffusion）", compiled, times, skip, "批 64，16×16"))
+        rows.append(_row("TinyUNet（02_diffusion）", compiled, _step_times(hist), skip, "批 64，16×16"))
     return rows
 
 

@@ -90,11 +90,10 @@ def run_once(args, budget: float, seed: int, steps: int | None) -> tuple[dict, l
 
 def raw_heldout(path: Path, cfg: TrainConfig) -> float:
     """用 EMA 训练时，检查点 train_state.raw_model 里未平均的参数的留出组合 top-1。"""
-    from clipedu.checkpoint import load_checkpoint, load_model
+    from clipedu.checkpoint import load_model
     from clipedu.eval_tasks import evaluate_shapes
 
-    model, tok = load_model(path)
-    model.load_state_dict(load_checkpoint(path)["train_state"]["raw_model"])
+    model, tok = load_model(path, raw_weights=True)
     return evaluate_shapes(model, tok, size=cfg.eval_size, seed=cfg.seed,
                            max_objects=cfg.max_objects)["zero_shot_top1_heldout"]
 

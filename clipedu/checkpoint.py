@@ -64,15 +64,16 @@ def training_checkpoint(state) -> dict:
     }
 
 
-def save_training_checkpoint(state, final: bool) -> None:
-    """保存 ``ckpt_step{N}.pt`` 并轮换，或最终的 ``last.pt``；只有 0 号进程写文件。"""
+def save_training_checkpoint(state, final: bool) -> Optional[Path]:
+    """保存 ``ckpt_step{N}.pt`` 并轮换，或最终的 ``last.pt``；只有 0 号进程写文件并返回路径。"""
     obj = training_checkpoint(state)
-    if state.rank == 0:
-        out = Path(state.cfg.out_dir)
-        name = "last.pt" if final else f"ckpt_step{state.step}.pt"
-        save_checkpoint(obj, out / name)
-        if not final:
-            rotate_checkpoints(out, state.cfg.keep_last)
+    if state.rank != 0:
+        return None
+    out = Path(state.cfg.out_dir)
+    path = save_checkpoint(obj, out / ("last.pt" if final else f"ckpt_step{state.step}.pt"))
+    if not final:
+        rotate_checkpoints(out, state.cfg.keep_last)
+    return path
 
 
 def restore_training_state(state, ckpt: dict) -> None:
@@ -314,16 +315,22 @@ def check_state_dict(model: torch.nn.Module, state: dict, strict: bool = True) -
         )
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", raw_weights: bool = False):
     """从 clipedu 检查点重建 ``(CLIP, 分词器)``，模型处于 eval 模式。
 
-    分词器是训练时保存的那个（ChineseTokenizer 或 BertChineseTokenizer）。"""
+    分词器是训练时保存的那个（ChineseTokenizer 或 BertChineseTokenizer）。用 EMA 训练的检查点默认给出
+    平均后的参数；``raw_weights=True`` 时给出未平均的参数（``train_state.raw_model``）。"""
     from .bert_tokenizer import tokenizer_from_state_dict
     from .config import config_from_file
 
     ckpt = load_checkpoint(path)
     _require_clipedu(ckpt, path)
-    model = build_model_checked(config_from_file(ckpt["config"], path), ckpt["model"])
+    state = ckpt["model"]
+    if raw_weights:
+        state = (ckpt.get("train_state") or {}).get("raw_model")
+        if state is None:
+            raise ValueError(f"{path} 不是用 EMA（--ema-decay）训练的可续训检查点，没有未平均的参数 / no raw weights")
+    model = build_model_checked(config_from_file(ckpt["config"], path), state)
     tokenizer = tokenizer_from_state_dict(ckpt["tokenizer"])
     return model.to(device).eval(), tokenizer
 

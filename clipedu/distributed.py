@@ -142,13 +142,13 @@ def all_gather_objects(obj) -> list:
     return out
 
 
-def broadcast_flag(flag: bool, device: torch.device) -> bool:
-    """0 号进程的决定广播给所有进程（例如“时间到了”），让大家在同一步停下。"""
+def broadcast_flags(flags: tuple[bool, ...], device: torch.device) -> tuple[bool, ...]:
+    """0 号进程的几个决定（例如“时间到了”“收到了 SIGTERM”）一次广播给所有进程，让大家在同一步停下。"""
     if not is_dist():
-        return flag
-    t = torch.tensor([float(flag)], device=device)
+        return tuple(flags)
+    t = torch.tensor([float(f) for f in flags], device=device)
     dist.broadcast(t, src=0)
-    return bool(t.item())
+    return tuple(bool(v) for v in t.tolist())
 
 
 def barrier() -> None:

@@ -37,21 +37,21 @@ class ModelEMA:
         self.decay = float(decay)
         self.updates = 0
         self.module = copy.deepcopy(model).float().eval().requires_grad_(False)
+        self._params = list(self.module.parameters())  # 每步都要用：只取一次
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> float:
         """θ̄ ← ρ_n·θ̄ + (1 − ρ_n)·θ；返回这一次用的 ρ_n。"""
-        beta = ema_decay_at(self.decay, self.updates)
-        mine = list(self.module.parameters())
+        rho = ema_decay_at(self.decay, self.updates)
         theirs = [p.detach().float() for p in model.parameters()]
-        if len(mine) != len(theirs):
+        if len(self._params) != len(theirs):
             raise ValueError("EMA 与模型的参数个数不同 / ema does not match model")
         # lerp(θ̄, θ, 1 − ρ) = θ̄ + (1 − ρ)(θ − θ̄) = ρ·θ̄ + (1 − ρ)·θ
-        torch._foreach_lerp_(mine, theirs, 1.0 - beta)
+        torch._foreach_lerp_(self._params, theirs, 1.0 - rho)
         for b_ema, b in zip(self.module.buffers(), model.buffers()):
             b_ema.copy_(b)
         self.updates += 1
-        return beta
+        return rho
 
     def state_dict(self) -> dict:
         return self.module.state_dict()

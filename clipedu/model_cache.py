@@ -73,13 +73,13 @@ def train_cached(cfg: TrainConfig, train_dataset=None, data_key: Optional[str] =
     # 同一个键同时只有一个进程在训练：并行执行的两个笔记本要同一个模型时，后到的等前一个训完，再从缓存还原
     with _entry_lock(entry):
         if (entry / "meta.json").is_file():
-            problem = _verify(entry)
+            contents, problem = _read_entry(entry)  # 每个文件只读一次：核对与还原用同一份字节
             if problem is None:
                 with OutDirLock(cfg.out_dir):  # 还原与训练守同样的规则：不覆盖已有的训练
                     check_out_dir_unused(cfg.out_dir, None, cfg.overwrite)
                     if cfg.overwrite:
                         clear_run_files(cfg.out_dir)
-                    history = _restore(entry, Path(cfg.out_dir))
+                    history = _restore(contents, Path(cfg.out_dir))
                 print(f"[clipedu] 从模型缓存还原（{len(history)} 步，键 {entry.name}）：{entry}")
                 return history
             # 缓存只是省时间的副本：坏了就删掉重训，不让一个坏文件挡住笔记本
@@ -135,39 +135,43 @@ def _store(entry: Path, out_dir: Path, history: list[dict]) -> None:
 _FILES = ("model.safetensors", "history.json", "metrics.json")
 
 
-def _verify(entry: Path) -> Optional[str]:
-    """条目完整且每个文件的 SHA-256 与 meta.json 记下的一致时返回 None，否则返回哪里不对。
+def _read_entry(entry: Path) -> tuple[Optional[tuple[dict, dict]], Optional[str]]:
+    """读条目的每个文件（各读一次）并核对 meta.json 记下的 SHA-256。
 
+    返回 ``((meta, {文件名: 字节}), None)``；条目不完整或哪个文件对不上时返回 ``(None, 哪里不对)``。
     safetensors 本身没有校验和：中间翻转一个字节的文件照样能读，读出的是错的权重。"""
     try:
         meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
-        want = meta["sha256"]
         if meta.get("format") != "clipedu-model-cache" or meta.get("key") != entry.name:
-            return "meta.json 与条目不符"
-        for name in _FILES:
-            if file_sha256(entry / name) != want[name]:
-                return f"{name} 的 SHA-256 不符"
+            return None, "meta.json 与条目不符"
+        blobs = {name: (entry / name).read_bytes() for name in _FILES}
+        for name, data in blobs.items():
+            if hashlib.sha256(data).hexdigest() != meta["sha256"][name]:
+                return None, f"{name} 的 SHA-256 不符"
     except (OSError, ValueError, KeyError, TypeError) as e:
-        return f"{type(e).__name__}: {e}"
-    return None
+        return None, f"{type(e).__name__}: {e}"
+    return (meta, blobs), None
 
 
-def _restore(entry: Path, out_dir: Path) -> list[dict]:
-    """从缓存条目写出 out_dir/last.pt（只含模型，不能续训）、log.jsonl 与 metrics.json。"""
-    from safetensors.torch import load_file
+def _verify(entry: Path) -> Optional[str]:
+    """条目完好时返回 None，否则返回哪里不对（见 ``_read_entry``）。"""
+    return _read_entry(entry)[1]
 
-    meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
-    if meta.get("format") != "clipedu-model-cache" or meta.get("key") != entry.name:
-        raise ValueError(f"缓存条目 {entry} 已损坏（meta.json 不符）；删掉这个目录后重试 / corrupt cache entry")
-    history = json.loads((entry / "history.json").read_text(encoding="utf-8"))
+
+def _restore(contents: tuple[dict, dict], out_dir: Path) -> list[dict]:
+    """把 ``_read_entry`` 读到的条目写成 out_dir/last.pt（只含模型，不能续训）、log.jsonl 与 metrics.json。"""
+    from safetensors.torch import load
+
+    meta, blobs = contents
+    history = json.loads(blobs["history.json"].decode("utf-8"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_checkpoint({"format": FORMAT, "version": VERSION, "model": load_file(str(entry / "model.safetensors")),
+    save_checkpoint({"format": FORMAT, "version": VERSION, "model": load(blobs["model.safetensors"]),
                      "tokenizer": meta["tokenizer"], "config": meta["config"],
                      "train_config": meta["train_config"]}, out_dir / "last.pt")
     with open(out_dir / "log.jsonl", "w", encoding="utf-8") as f:
         for record in history:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    shutil.copyfile(entry / "metrics.json", out_dir / "metrics.json")
+    (out_dir / "metrics.json").write_bytes(blobs["metrics.json"])
     return history
 
 

@@ -43,12 +43,13 @@ def stop_requests(signals: tuple = STOP_SIGNALS) -> Iterator[Callable[[], Option
         yield lambda: None
         return
     received: list[int] = []
-    previous = {s: signal.getsignal(s) for s in signals}
-    previous = {s: h for s, h in previous.items() if h is not signal.SIG_IGN}
+    # 原本被忽略的信号保持忽略；getsignal 返回 None（由 C 代码装的处理函数）时按默认处理恢复
+    previous = {s: h if h is not None else signal.SIG_DFL
+                for s in signals if (h := signal.getsignal(s)) is not signal.SIG_IGN}
 
     def handler(signum, frame):
         if received:  # 第二次：恢复原来的处理方式并重发，进程按它退出
-            signal.signal(signum, previous[signum] if callable(previous[signum]) else signal.SIG_DFL)
+            signal.signal(signum, previous[signum])
             os.kill(os.getpid(), signum)
             return
         received.append(signum)
@@ -59,7 +60,7 @@ def stop_requests(signals: tuple = STOP_SIGNALS) -> Iterator[Callable[[], Option
         yield lambda: received[0] if received else None
     finally:
         for s, h in previous.items():
-            signal.signal(s, h if h is not None else signal.SIG_DFL)
+            signal.signal(s, h)
 
 
 def ignore_stop_signals(worker_id: int) -> None:

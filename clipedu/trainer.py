@@ -30,7 +30,7 @@ from .checkpoint import (load_resume_checkpoint, restore_training_state,
                          save_training_checkpoint)
 from .config import CLIPConfig, TrainConfig, config_from_file
 from .ema import ModelEMA
-from .distributed import (all_reduce_mean, barrier, broadcast_flag, init_distributed,
+from .distributed import (all_reduce_mean, barrier, broadcast_flags, init_distributed,
                           is_dist)
 from .loss import ClipLoss
 from .optim import build_optimizer, build_scheduler, observe_time
@@ -131,13 +131,15 @@ def _loop(state: TrainState, dataset, logger: RunLogger,
         bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
                         inv_t=f"{record['inv_temperature']:.1f}",
                         pairs_s=f"{record['pairs_per_s']:.0f}")
-        if cfg.time_budget is not None:  # 0 号进程说了算，所有进程在同一步停下
-            out_of_time = time.perf_counter() - t_start >= cfg.time_budget
-            if broadcast_flag(out_of_time, state.device):
-                stopped_by = "time_budget"
-                break
-        signum = signalled()
-        if broadcast_flag(signum is not None, state.device) and state.step < cfg.steps:
+        out_of_time = (cfg.time_budget is not None
+                       and time.perf_counter() - t_start >= cfg.time_budget)
+        signum = signalled()  # SIGTERM、Ctrl-C（stop_signal.stop_requests）
+        # 0 号进程说了算，所有进程在同一步停下；两个决定一次广播，每步只多一次很小的通信
+        out_of_time, got_signal = broadcast_flags((out_of_time, signum is not None), state.device)
+        if out_of_time:
+            stopped_by = "time_budget"
+            break
+        if got_signal and state.step < cfg.steps:
             bar.close()
             _stop_on_signal(state, logger, signum or signal.SIGTERM, time.perf_counter() - t_start)
     bar.close()
@@ -165,8 +167,8 @@ def _loop(state: TrainState, dataset, logger: RunLogger,
 
 def _stop_on_signal(state: TrainState, logger: RunLogger, signum: int, wall: float) -> None:
     """收到 SIGTERM 或 Ctrl-C：不做最终评估（调度器给的宽限时间很短），保存按步检查点，抛出 TrainingStopped。"""
-    save_training_checkpoint(state, final=False)
-    path = f"{state.cfg.out_dir}/ckpt_step{state.step}.pt" if state.rank == 0 else None
+    saved = save_training_checkpoint(state, final=False)
+    path = str(saved) if saved is not None else None
     logger.write_metrics({"status": "stopped", "stopped_by": signal.Signals(signum).name,
                           "steps": state.step, "samples_seen": state.samples_seen,
                           "wall_time_s": wall, "checkpoint": path})
