@@ -1,4 +1,4 @@
-"""每个笔记本单独运行（像读者那样，2 个线程）的墙钟用时：空闲，与同时开 N 个忙进程时（issue 16）。
+"""每个笔记本单独运行（像读者那样，线程数由 setup_notebook 决定）的墙钟用时：空闲，与同时开 N 个忙进程时（issue 16）。
 
     python benchmarks/notebook_timing.py                          # 全部笔记本，空闲与 1 个忙进程各跑一遍
     python benchmarks/notebook_timing.py 02_diffusion 02_fusion   # 只跑这几个
@@ -44,8 +44,10 @@ def run_notebook(path: Path, cache: Path, threads: int, timeout: int) -> tuple[f
         f"NotebookClient(nb, timeout={timeout}, kernel_name='python3',\n"
         "               resources={'metadata': {'path': sys.argv[2]}}).execute()\n"
     )
-    env = {**os.environ, "CLIPEDU_CACHE": str(cache), "OMP_NUM_THREADS": str(threads),
-           "MPLBACKEND": "Agg"}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env.update(CLIPEDU_CACHE=str(cache), MPLBACKEND="Agg")
+    if threads:  # 0：像读者那样由 setup_notebook 决定（2 个线程；开场时别的进程占着核就只用 1 个）
+        env["OMP_NUM_THREADS"] = str(threads)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code, str(path), str(path.parent)], env=env,
                           capture_output=True, text=True)
@@ -69,7 +71,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", help="笔记本名（不带 .ipynb）；默认 notebooks/ 下全部")
     parser.add_argument("--busy", default="0,1", help="每一遍的忙进程数，逗号分隔（默认 0,1）")
-    parser.add_argument("--threads", type=int, default=2, help="笔记本的 torch 线程数（默认 2）")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="笔记本的 torch 线程数（默认 0：像读者那样由 setup_notebook 按空闲的核决定）")
     parser.add_argument("--timeout", type=int, default=3600, help="每个单元格的时间上限（秒）")
     parser.add_argument("--write", action="store_true", help=f"把结果追加到 {RESULTS.relative_to(ROOT)}")
     args = parser.parse_args()
@@ -77,8 +80,8 @@ def main() -> int:
         passes = [int(x) for x in args.busy.split(",")]
     except ValueError:
         parser.error(f"--busy 应为逗号分隔的整数，实际为 {args.busy!r}")
-    if any(n < 0 for n in passes) or args.threads < 1 or args.timeout < 1:
-        parser.error("--busy 不能为负，--threads 与 --timeout 至少为 1")
+    if any(n < 0 for n in passes) or args.threads < 0 or args.timeout < 1:
+        parser.error("--busy 与 --threads 不能为负，--timeout 至少为 1")
     every = book_order()
     if args.notebooks:
         by_name = {p.stem: p for p in every}
@@ -111,8 +114,9 @@ def main() -> int:
                 "".join(f" | {t / totals[0]:.2f}×" for t in totals[1:]) + " |")
     cpu = f"{machine['cpu_model']}（{', '.join(machine['cpu_flags'])}），{machine['usable_cpus']} 核"
     over = [nb.stem for nb in notebooks if results[base][nb.stem][0] > GOAL_S]
-    block = (f"\n### {dt.date.today()}，提交 `{commit}`，{args.threads} 个线程\n\n"
-             f"- 机器：{cpu}；测量开始时 1 分钟平均负载 {start_load:.1f}\n"
+    threads = f"{args.threads} 个线程" if args.threads else "线程数由 setup_notebook 决定"
+    block = (f"\n### {dt.date.today()}，提交 `{commit}`，{threads}\n\n"
+             f"- 机器：{cpu}；测量开始时 1 分钟平均负载 {start_load:.1f}；{machine['omp_wait']}\n"
              f"- 超过 {GOAL_S:.0f} s 目标的（忙进程 {base}）：{', '.join(over) or '无'}\n\n"
              + "\n".join([head, rule, *rows]) + "\n")
     print(block)

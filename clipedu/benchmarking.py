@@ -55,6 +55,52 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def _cpu_busy_seconds(cpus: set[int]) -> float | None:
+    """/proc/stat 里这些 CPU 累计的非空闲时间（秒）；读不到（非 Linux）时返回 None。"""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            lines = f.readlines()
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, seen = 0, 0
+    for line in lines:
+        name, *fields = line.split()
+        if not (name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus):
+            continue
+        # user nice system idle iowait irq softirq steal …：去掉 idle 与 iowait
+        values = [int(x) for x in fields[:8]]
+        total += sum(values) - values[3] - values[4]
+        seen += 1
+    return total / ticks if seen else None
+
+
+def _clocks() -> tuple[float, float]:
+    """(本进程用掉的 CPU 秒, 墙钟秒)。"""
+    return time.process_time(), time.perf_counter()
+
+
+def other_busy_cpus(seconds: float = 0.3) -> float | None:
+    """过去 ``seconds`` 秒里，**别的进程**平均占满了本进程可用的 CPU 中的几个核。
+
+    读两次 /proc/stat（只算亲和性允许的那些 CPU），减去本进程自己用掉的 CPU 时间。
+    一个 ``while True`` 的忙进程约为 1.0；读不到 /proc/stat 时返回 None。
+    """
+    try:
+        cpus = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        cpus = set(range(os.cpu_count() or 1))
+    busy0 = _cpu_busy_seconds(cpus)
+    if busy0 is None:
+        return None
+    own0, wall0 = _clocks()
+    time.sleep(seconds)
+    busy1, (own1, wall1) = _cpu_busy_seconds(cpus), _clocks()
+    if busy1 is None:
+        return None
+    return max(0.0, (busy1 - busy0 - (own1 - own0)) / (wall1 - wall0))
+
+
 def loadavg() -> list[float] | None:
     """1、5、15 分钟平均负载；不支持的系统上返回 None。"""
     try:
@@ -68,7 +114,7 @@ def machine_info() -> dict:
     return {
         "cpu_model": cpu_name(), "cpu_flags": cpu_flags(), "usable_cpus": usable_cpus(),
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset: active spin)"),
+        "omp_wait": ", ".join(f"{k}={os.environ.get(k, '(unset)')}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")),
         "loadavg": loadavg(),
         "time_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
     }

@@ -5,12 +5,13 @@
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import torch
 
-from .benchmarking import usable_cpus
+from .benchmarking import other_busy_cpus, usable_cpus
 
 from .seeding import seed_everything
 
@@ -134,33 +135,55 @@ def wrap_title(text: str, width: int = 10) -> str:
 
 
 def default_threads() -> int:
-    """笔记本的 CPU 线程数：用户设了 ``OMP_NUM_THREADS`` 就照办（例如 CI 里两个笔记本并行、各用 1 个线程），
-    否则 ``min(2, 可用核数)``，即书中默认“在 2 核上能跑完”。"""
+    """笔记本的 CPU 线程数。
+
+    用户设了 ``OMP_NUM_THREADS`` 就照办（例如 CI 里两个笔记本并行、各用 1 个线程）；否则取
+    ``min(2, 可用核数)``，即书中默认“在 2 核上能跑完”，但开场时若别的进程已占着核，就只用空着的那些：
+    有一个别的忙进程时，2 个线程互相等待、又和它抢核，一步比 1 个线程还慢
+    （见 benchmarks/results/threads_under_load.md）。线程数只在开场定一次，之后不变，
+    同一台机器、同样的负载下结果可复现。
+    """
+    return _choose_threads()[0]
+
+
+def _choose_threads() -> tuple[int, float | None]:
+    """(线程数, 开场时别的进程占着的核数；没有量时为 None)。"""
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
-        return int(env)
-    return min(2, usable_cpus())
+        return int(env), None
+    n = min(2, usable_cpus())
+    others = other_busy_cpus() if n > 1 else None
+    if others is not None:
+        # 别的进程占了约半个核以上，就把那个核让出来
+        n = max(1, min(n, math.floor(usable_cpus() - others + 0.5)))
+    return n, others
 
 
-def openmp_passive() -> bool:
-    """OpenMP 线程空闲时是否让出 CPU（OMP_WAIT_POLICY=PASSIVE 在 torch 载入前生效）。"""
+def _spincount() -> str:
     import clipedu
-    return bool(getattr(clipedu, "OMP_PASSIVE", False))
+    return clipedu.SPINCOUNT
+
+
+def openmp_short_wait() -> bool:
+    """OpenMP 等活的线程是否很快让出 CPU（``import clipedu`` 在 torch 载入前设 GOMP_SPINCOUNT）。"""
+    import clipedu
+    return bool(getattr(clipedu, "OMP_SHORT_WAIT", False))
 
 
 def setup_notebook(seed: int = 0, threads: int | None = None, quiet: bool = False) -> torch.device:
     """笔记本开场：设种子、选设备、设线程数、注册中文字体，返回 ``torch.device``。
 
     ``threads=None`` 时 CPU 线程数取 ``default_threads()``；传 0 则保持 PyTorch 自己的默认值。
-    有 CUDA 时自动使用 GPU。线程的等待策略由 ``import clipedu`` 在 torch 载入之前设好
-    （OMP_WAIT_POLICY=PASSIVE）：机器上还有别的忙进程时，忙等的 OpenMP 线程会和它抢核，
-    每步慢 2–3 倍。笔记本里若 ``import torch`` 写在 ``import clipedu`` 之前，这里会提示。
+    有 CUDA 时自动使用 GPU。线程等活时只自旋很短一会儿，由 ``import clipedu`` 在 torch 载入之前设好
+    （GOMP_SPINCOUNT）：否则机器上还有别的忙进程时，自旋的 OpenMP 线程会和它抢核，每步慢 2–3 倍。
+    笔记本里若 ``import torch`` 写在 ``import clipedu`` 之前，这里会提示。
     """
     if threads is not None and (not isinstance(threads, int) or threads < 0):
         raise ValueError(f"threads 应为非负整数或 None，实际为 {threads!r}")
     seed_everything(seed)
+    others = None
     if threads is None:
-        threads = default_threads()
+        threads, others = _choose_threads()
     if threads > 0:
         torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -169,7 +192,9 @@ def setup_notebook(seed: int = 0, threads: int | None = None, quiet: bool = Fals
     if not quiet:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU × {torch.get_num_threads()} 线程"
         print(f"设备：{device}（{name}）；随机种子：{seed}；中文字体：{family}")
-        if device.type == "cpu" and torch.get_num_threads() > 1 and not openmp_passive():
-            print("提示：torch 在 clipedu 之前载入，OpenMP 线程会忙等，机器繁忙时训练可能慢数倍；"
-                  "请把 import clipedu 放在 import torch 之前，或先设环境变量 OMP_WAIT_POLICY=PASSIVE")
+        if device.type == "cpu" and others is not None and threads < min(2, usable_cpus()):
+            print(f"开场时别的进程约占着 {others:.1f} 个核，只用 {threads} 个线程：两个线程和忙进程抢核反而更慢")
+        if device.type == "cpu" and torch.get_num_threads() > 1 and not openmp_short_wait():
+            print("提示：torch 在 clipedu 之前载入，OpenMP 线程等活时会长时间自旋，机器繁忙时训练可能慢数倍；"
+                  f"请把 import clipedu 放在 import torch 之前，或先设环境变量 GOMP_SPINCOUNT={_spincount()}")
     return device

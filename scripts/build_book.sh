@@ -25,9 +25,6 @@ export PATH="$ROOT/.venv/bin:$PATH"
 # 笔记本的默认设置按 2 核准备；每个 notebook 自己用 setup_notebook() 设线程数
 # 不设 MPLBACKEND：内核要用 matplotlib 的 inline 后端，图才会写进笔记本输出
 export PYTHONHASHSEED=0 PYDEVD_DISABLE_FILE_VALIDATION=1
-# OpenMP 线程空闲时让出 CPU：默认的忙等在机器被别的进程占用时让笔记本慢 2–3 倍
-# （benchmarks/results/threads_under_load.md）；用户自己设过的值不动
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 NB_TIMEOUT=${NB_TIMEOUT:-1800}  # 每个单元格的上限（秒，nbmake 按单元格计），只是防挂死的安全上限：最慢的单元格
                                 # （02_diffusion 训练 UNet）空闲时单线程约 150 秒，负载 8 时约 4 倍
 NB_WORKERS=${NB_WORKERS:-2}     # 同时执行几个笔记本（1 = 依次执行，每个用 2 个线程）

@@ -15,8 +15,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 export PATH="$ROOT/.venv/bin:$PATH"
-# OpenMP 线程空闲时让出 CPU（忙等在繁忙机器上让每步慢 2–3 倍，见 benchmarks/results/threads_under_load.md）
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 T0=$SECONDS
 TIMINGS=()
 
