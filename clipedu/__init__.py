@@ -10,7 +10,7 @@ from importlib import import_module
 # OpenMP（torch 的 CPU 线程池，libgomp）只在 torch 载入的那一刻读取等待方式。它默认让等活的线程
 # 自旋约 3 ms：机器被别的进程占用时，自旋的线程和那个进程抢核，每步慢 2–3 倍；而完全不自旋
 # （OMP_WAIT_POLICY=PASSIVE）在空闲机器上又让小模型的一步慢 1.3–1.6 倍，因为每个小算子之后线程都要
-# 睡下再被叫醒。所以在 torch 之前把自旋限制在 GOMP_SPINCOUNT=1000 次（约十几微秒）：小算子之间的
+# 睡下再被叫醒。所以在 torch 之前把自旋限制在 GOMP_SPINCOUNT=1000 次（约 10 微秒）：小算子之间的
 # 空隙够用，等不到就让出 CPU。测量见 benchmarks/results/threads_under_load.md。用户自己设过
 # OMP_WAIT_POLICY 或 GOMP_SPINCOUNT 时不动；torch 已先载入时这里无能为力，setup_notebook 会提示。
 SPINCOUNT = "1000"

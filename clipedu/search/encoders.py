@@ -180,8 +180,9 @@ class OnnxEncoder:
                 "请先运行 python -m clipedu export --checkpoint CKPT --out DIR / not an ONNX export"
             )
         opts = ort.SessionOptions()
-        # 算完一批后工作线程不空转等活：与 PyTorch 的 OMP_WAIT_POLICY=PASSIVE 同理，共享的 2 核机器上
-        # 空转的线程会抢走检索与 HTTP 处理的 CPU（见 benchmarks/results/serve.md）
+        # 算完一批后工作线程不空转等活：与 import clipedu 限制 OpenMP 自旋同理，共享的 2 核机器上
+        # 空转的线程会抢走检索与 HTTP 处理的 CPU（见 benchmarks/results/serve.md）。服务两次请求之间
+        # 隔的是毫秒级的网络往返，不是训练里相邻算子之间的微秒级空隙，所以这里干脆不自旋
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             opts.intra_op_num_threads = threads
