@@ -26,3 +26,15 @@ def test_run_notebook_reports_success_and_failure(tmp_path, source, ok):
     nbformat.write(nb, path)
     wall, success = notebook_timing.run_notebook(path, tmp_path / "cache", threads=1, timeout=120)
     assert success is ok and wall > 0
+
+
+@pytest.mark.parametrize("threads, seen", [(0, None), (1, "1")])
+def test_run_notebook_leaves_thread_choice_to_the_notebook_unless_told(tmp_path, monkeypatch, threads, seen):
+    """--threads 0（默认）像读者那样不设 OMP_NUM_THREADS，由 setup_notebook 按空闲的核决定；
+    外面环境里设的值也不带进去。给了线程数就照办。"""
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    source = f"import os\nassert os.environ.get('OMP_NUM_THREADS') == {seen!r}, os.environ.get('OMP_NUM_THREADS')"
+    path = tmp_path / "t.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)]), path)
+    wall, success = notebook_timing.run_notebook(path, tmp_path / "cache", threads=threads, timeout=120)
+    assert success
