@@ -47,12 +47,17 @@ def cpu_flags() -> list[str]:
     return [x for x in _FLAGS if x in have]
 
 
+def _usable_cpu_set() -> set[int]:
+    """本进程可以用的 CPU 编号（亲和性设置；不支持的系统上是全部 CPU）。"""
+    try:
+        return os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        return set(range(os.cpu_count() or 1))
+
+
 def usable_cpus() -> int:
     """本进程可用的 CPU 核数（考虑亲和性设置）。"""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    return len(_usable_cpu_set())
 
 
 def _cpu_busy_seconds(cpus: set[int]) -> float | None:
@@ -86,10 +91,7 @@ def other_busy_cpus(seconds: float = 0.3) -> float | None:
     读两次 /proc/stat（只算亲和性允许的那些 CPU），减去本进程自己用掉的 CPU 时间。
     一个 ``while True`` 的忙进程约为 1.0；读不到 /proc/stat 时返回 None。
     """
-    try:
-        cpus = os.sched_getaffinity(0)
-    except (AttributeError, OSError):
-        cpus = set(range(os.cpu_count() or 1))
+    cpus = _usable_cpu_set()
     busy0 = _cpu_busy_seconds(cpus)
     if busy0 is None:
         return None

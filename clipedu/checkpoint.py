@@ -85,8 +85,7 @@ def restore_training_state(state, ckpt: dict) -> None:
         if raw is not None:
             state.ema.load_state_dict(ckpt["model"], ts.get("ema_updates", 0))
         else:  # 那次训练没用 EMA：从续训时的参数开始平均
-            from .ema import ModelEMA
-            state.ema = ModelEMA(state.raw_model, state.ema.decay)
+            state.ema.load_state_dict(state.raw_model.state_dict(), 0)
     elif raw is not None:
         print("[clipedu] 检查点带有 EMA 参数，但这次续训没有设置 --ema-decay："
               "从原始参数接着训练，不再平均 / resuming without ema")

@@ -153,11 +153,6 @@ def _read_entry(entry: Path) -> tuple[Optional[tuple[dict, dict]], Optional[str]
     return (meta, blobs), None
 
 
-def _verify(entry: Path) -> Optional[str]:
-    """条目完好时返回 None，否则返回哪里不对（见 ``_read_entry``）。"""
-    return _read_entry(entry)[1]
-
-
 def _restore(contents: tuple[dict, dict], out_dir: Path) -> list[dict]:
     """把 ``_read_entry`` 读到的条目写成 out_dir/last.pt（只含模型，不能续训）、log.jsonl 与 metrics.json。"""
     from safetensors.torch import load

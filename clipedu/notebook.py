@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+import clipedu
+
 from .benchmarking import other_busy_cpus, usable_cpus
 
 from .seeding import seed_everything
@@ -147,27 +149,23 @@ def default_threads() -> int:
 
 
 def _choose_threads() -> tuple[int, float | None]:
-    """(线程数, 开场时别的进程占着的核数；没有量时为 None)。"""
+    """(线程数, 因负载让出核时别的进程占着的核数，否则 None)。"""
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
         return int(env), None
-    n = min(2, usable_cpus())
+    usable = usable_cpus()
+    n = min(2, usable)
     others = other_busy_cpus() if n > 1 else None
-    if others is not None:
-        # 别的进程占了约半个核以上，就把那个核让出来
-        n = max(1, min(n, math.floor(usable_cpus() - others + 0.5)))
-    return n, others
-
-
-def _spincount() -> str:
-    import clipedu
-    return clipedu.SPINCOUNT
+    if others is None:
+        return n, None
+    # 别的进程占了约半个核以上，就把那个核让出来
+    fewer = max(1, min(n, math.floor(usable - others + 0.5)))
+    return fewer, (others if fewer < n else None)
 
 
 def openmp_short_wait() -> bool:
     """OpenMP 等活的线程是否很快让出 CPU（``import clipedu`` 在 torch 载入前设 GOMP_SPINCOUNT）。"""
-    import clipedu
-    return bool(getattr(clipedu, "OMP_SHORT_WAIT", False))
+    return bool(clipedu.OMP_SHORT_WAIT)
 
 
 def setup_notebook(seed: int = 0, threads: int | None = None, quiet: bool = False) -> torch.device:
@@ -192,9 +190,9 @@ def setup_notebook(seed: int = 0, threads: int | None = None, quiet: bool = Fals
     if not quiet:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU × {torch.get_num_threads()} 线程"
         print(f"设备：{device}（{name}）；随机种子：{seed}；中文字体：{family}")
-        if device.type == "cpu" and others is not None and threads < min(2, usable_cpus()):
+        if device.type == "cpu" and others is not None:
             print(f"开场时别的进程约占着 {others:.1f} 个核，只用 {threads} 个线程：两个线程和忙进程抢核反而更慢")
         if device.type == "cpu" and torch.get_num_threads() > 1 and not openmp_short_wait():
             print("提示：torch 在 clipedu 之前载入，OpenMP 线程等活时会长时间自旋，机器繁忙时训练可能慢数倍；"
-                  f"请把 import clipedu 放在 import torch 之前，或先设环境变量 GOMP_SPINCOUNT={_spincount()}")
+                  f"请把 import clipedu 放在 import torch 之前，或先设环境变量 GOMP_SPINCOUNT={clipedu.SPINCOUNT}")
     return device

@@ -120,4 +120,4 @@ def test_damaged_entry_is_detected_and_retrained(tmp_path, cache, capsys, damage
     m1, _ = load_model(tmp_path / "run1" / "last.pt")
     m2, _ = load_model(tmp_path / "run2" / "last.pt")
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
-    assert mc._verify(entry) is None  # 新条目完好
+    assert mc._read_entry(entry)[1] is None  # 新条目完好
