@@ -56,7 +56,7 @@ _EXPORTS = {
     "load_pretrained": "pretrained", "english_tokenizer": "pretrained",
     "load_cnclip": "cnclip_weights", "BertTextTower": "bert",
     # 笔记本与随机种子
-    "setup_notebook": "notebook", "seed_everything": "seeding",
+    "setup_notebook": "notebook", "seed_everything": "seeding", "run_dir": "run_dirs",
 }
 
 __all__ = sorted(_EXPORTS) + ["data", "__version__"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Optional
@@ -236,7 +237,12 @@ class TrainConfig:
         """检查每个字段的类型与取值范围；不合法时抛 UsageError，说明是哪个字段（命令行旗标）。
 
         构造与 ``replace`` 时自动调用；训练开始前再调用一次，拦住构造后被改坏的字段。
+        路径字段也接受 ``pathlib.Path``（例如 ``clipedu.run_dir`` 的返回值），统一存成字符串。
         """
+        for name in _PATH_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike) and isinstance(os.fspath(value), str):
+                setattr(self, name, os.fspath(value))
         validate_train_config(self)
         return self
 
@@ -244,6 +250,7 @@ class TrainConfig:
         return self.model if self.model is not None else get_preset(self.preset)
 
 
+_PATH_FIELDS = ("out_dir", "data_path", "init_from", "resume")
 TRAIN_DATASETS = ("shapes", "digits", "csv", "cn-clip", "wds")
 PRECISION_NAMES = ("fp32", "bf16", "fp16", "amp_bf16", "amp_fp16")
 

@@ -25,6 +25,8 @@ from typing import Optional
 from .errors import RunError, UsageError
 
 LOCK_NAME = ".clipedu.lock"
+# clipedu.run_dir 建的运行目录里的标记文件（谁建的）：不算训练留下的内容
+RUN_DIR_MARKER = ".clipedu-run.json"
 # 一次训练写出的文件；--overwrite 只删除它们
 RUN_FILES = ("last.pt", "log.jsonl", "metrics.json", "ckpt_step*.pt", ".*.tmp*", "tensorboard")
 
@@ -216,7 +218,8 @@ def run_files(out_dir: str | os.PathLike) -> list[Path]:
     path = Path(out_dir)
     if not path.is_dir():
         return []
-    return sorted(p for p in path.iterdir() if p.name != LOCK_NAME and not p.name.startswith(".clipedu.lock."))
+    return sorted(p for p in path.iterdir()
+                  if p.name not in (LOCK_NAME, RUN_DIR_MARKER) and not p.name.startswith(".clipedu.lock."))
 
 
 def check_out_dir_unused(out_dir: str | os.PathLike, resume: Optional[str], overwrite: bool) -> None:

@@ -103,8 +103,15 @@ elif (( ${#notebooks[@]} )); then
         xdist=(-n "$NB_WORKERS" --dist worksteal)
         export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
     fi
-    (cd "$STAGE" && python -m pytest --nbmake --overwrite --nbmake-timeout="$NB_TIMEOUT" "${xdist[@]}" \
+    # 笔记本的输出目录（clipedu.run_dir）与临时目录都放在 _build/ 下、每次构建清空：构建之间互不干扰。
+    # 执行完临时目录必须是空的：笔记本用 tempfile.mkdtemp 之类留下文件，每运行一次就多占一份磁盘，这里直接报错
+    runs=$ROOT/_build/notebook_runs nb_tmp=$ROOT/_build/notebook_tmp
+    rm -rf "$runs" "$nb_tmp"
+    mkdir -p "$runs" "$nb_tmp"
+    (cd "$STAGE" && CLIPEDU_RUNS="$runs" TMPDIR="$nb_tmp" \
+        python -m pytest --nbmake --overwrite --nbmake-timeout="$NB_TIMEOUT" "${xdist[@]}" \
         -p no:cacheprovider --rootdir="$STAGE" -q --durations=0 notebooks)
+    python scripts/check_leftovers.py "$nb_tmp" "$runs"
     python scripts/check_notebook_outputs.py --extract "$ROOT/_build/screenshots/figures" "${notebooks[@]}"
 else
     log "notebooks/ 里还没有笔记本，跳过执行"

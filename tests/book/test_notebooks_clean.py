@@ -104,3 +104,52 @@ def test_cell_sources_are_one_line_per_element():
             if any("\n" in line[:-1] for line in src):
                 problems.append(f"{path.name} 第 {i} 个单元格")
     assert not problems, "这些单元格的源码里有一个元素包含多行：\n" + "\n".join(problems)
+
+
+_TEMP_LEAKS = ("mkdtemp(", "mkstemp(", "delete=False", "tempfile.tempdir")
+
+
+def _code(path: Path) -> str:
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    return "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+
+
+def test_notebook_outputs_go_to_their_own_run_dir():
+    """笔记本不在临时目录里留文件（没人删，每运行一次多占一份）；写文件的笔记本用 clipedu.run_dir("自己的名字")。"""
+    import re
+
+    problems = []
+    for path in _notebooks():
+        code = _code(path)
+        problems += [f"{path.name}: 用了 {bad}" for bad in _TEMP_LEAKS if bad in code]
+        names = re.findall(r"clipedu\.run_dir\(\s*[\"']([^\"']+)[\"']", code)
+        if any(name != path.stem for name in names):
+            problems.append(f"{path.name}: run_dir 的名字 {names} 应为 {path.stem!r}")
+        writes = re.search(r"\b(train|train_cached)\(|\"--out\"|out_dir\s*=", code)
+        if writes and not names:
+            problems.append(f"{path.name}: 写训练输出（{writes.group(0)}）却没有用 clipedu.run_dir")
+    assert not problems, "\n".join(problems)
+
+
+def test_leftover_checker(tmp_path):
+    """build_book.sh 执行完笔记本后用 scripts/check_leftovers.py 检查：临时目录必须是空的，每个笔记本一个运行目录。"""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_leftovers", ROOT / "scripts" / "check_leftovers.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    tmp, runs = tmp_path / "tmp", tmp_path / "runs"
+    (runs / "05_results" / "20261206-000000-1").mkdir(parents=True)
+    (runs / "05_results" / "20261206-000000-1" / "last.pt").write_bytes(b"z" * 2048)
+    (tmp / "torchinductor_root" / "sub").mkdir(parents=True)  # 工具顺手建的空目录：不算残留
+    assert check.main([str(tmp), str(runs)]) == 0
+    (tmp / "clipedu_results_abc").mkdir()
+    (tmp / "clipedu_results_abc" / "last.pt").write_bytes(b"")
+    assert check.main([str(tmp), str(runs)]) == 1
+    (tmp / "clipedu_results_abc" / "last.pt").unlink()
+    (tmp / "stray.txt").write_text("x", encoding="utf-8")
+    assert check.main([str(tmp), str(runs)]) == 1
+    (tmp / "stray.txt").unlink()
+    (runs / "05_results" / "20261206-000001-2").mkdir()
+    assert check.main([str(tmp), str(runs)]) == 1
+    assert check.main([str(tmp)]) == 2
