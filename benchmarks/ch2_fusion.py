@@ -28,11 +28,10 @@ CH2_TITLE = "第 2 章基准结果"
 @torch.no_grad()
 def clip_yesno(args, device, train_ds, test_ds, Xi, Ei, gallery) -> dict:
     """双塔 CLIP 回答是非题：相似度超过（训练集上选的）阈值即答"是"；并量出建索引与查询的代价。"""
-    out = tempfile.mkdtemp(prefix="ch2_fusion_clip_")
-    with torch.enable_grad():
+    with tempfile.TemporaryDirectory(prefix="ch2_fusion_clip_") as out, torch.enable_grad():
         clipedu.train(clipedu.TrainConfig(preset="tiny-cpu", max_objects=3, steps=args.clip_steps, out_dir=out,
                                           eval_size=200, progress=False, device=str(device), seed=args.seed))
-    model, tok = clipedu.load_model(f"{out}/last.pt", device=device)
+        model, tok = clipedu.load_model(f"{out}/last.pt", device=device)
     model.eval()
     phrase = {q: f"{COLORS[c]}的{SHAPES[s]}" for q, _, kind, c, s in PAIRS if kind == "yesno"}
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import atexit
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -22,8 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 # 读者第一次编译时没有 Inductor 的磁盘缓存：用一个空的缓存目录，量到的是冷启动的编译耗时
-os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor_cold_")
-import clipedu  # noqa: E402,F401  先于 torch：OpenMP 线程空闲时让出 CPU
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = _COLD_CACHE = tempfile.mkdtemp(prefix="inductor_cold_")
+atexit.register(shutil.rmtree, _COLD_CACHE, ignore_errors=True)  # 每次约 100 MB，量完就删
+import clipedu  # noqa: E402,F401  先于 torch：OpenMP 线程等活时只短暂自旋
 import torch  # noqa: E402
 
 from clipedu.benchmarking import git_head, machine_info  # noqa: E402
@@ -48,10 +51,11 @@ def clip_rows(steps: int, batch: int, skip: int) -> list[dict]:
 
     rows = []
     for compiled in (False, True):
-        cfg = TrainConfig(preset="tiny-cpu", seed=1, out_dir=tempfile.mkdtemp(prefix="compile_clip_"),
-                          device="cpu", steps=steps, batch_size=batch, warmup_steps=30, weight_decay=0.3,
-                          eval_size=0, progress=False, compile=compiled)
-        hist = train(cfg)
+        with tempfile.TemporaryDirectory(prefix="compile_clip_") as out:
+            cfg = TrainConfig(preset="tiny-cpu", seed=1, out_dir=out,
+                              device="cpu", steps=steps, batch_size=batch, warmup_steps=30, weight_decay=0.3,
+                              eval_size=0, progress=False, compile=compiled)
+            hist = train(cfg)
         rows.append(_row("tiny-cpu CLIP", compiled, [batch / r["pairs_per_s"] for r in hist], skip,
                          f"批 {batch}"))
     return rows

@@ -39,11 +39,11 @@ def diffusion(groups: list[tuple]) -> None:
                                         generate_and_classify, train_diffusion)
     from clipedu.labs.unet import TinyUNet, UNetConfig
 
-    out_dir = tempfile.mkdtemp(prefix="budget_clip_")
-    cfg = clipedu.TrainConfig(preset="tiny-cpu", steps=150, warmup_steps=20, time_budget=600, out_dir=out_dir,
-                              eval_size=300, progress=False, device="cpu")
-    train_cached(cfg)
-    clip_model, tok = clipedu.load_model(f"{out_dir}/last.pt")
+    with tempfile.TemporaryDirectory(prefix="budget_clip_") as out_dir:
+        cfg = clipedu.TrainConfig(preset="tiny-cpu", steps=150, warmup_steps=20, time_budget=600, out_dir=out_dir,
+                                  eval_size=300, progress=False, device="cpu")
+        train_cached(cfg)
+        clip_model, tok = clipedu.load_model(f"{out_dir}/last.pt")
     clip_model.eval().requires_grad_(False)
     shapes = ShapesDataset("train", size=10_000, image_size=32, seed=0)
     classifier = clipedu.zero_shot_classifier(clip_model, tok, shapes.classnames, clipedu.TEMPLATES)

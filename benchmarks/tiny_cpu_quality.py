@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-import clipedu  # noqa: F401  先于 torch：OpenMP 线程空闲时让出 CPU
+import clipedu  # noqa: F401  先于 torch：OpenMP 线程等活时只短暂自旋
 import torch
 
 from clipedu.benchmarking import machine_info

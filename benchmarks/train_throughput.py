@@ -25,7 +25,7 @@ import json
 import statistics
 import time
 
-import clipedu  # 先于 torch：OpenMP 线程空闲时让出 CPU
+import clipedu  # 先于 torch：OpenMP 线程等活时只短暂自旋
 import torch
 
 from clipedu.benchmarking import (machine_info, matmul_gflops_per_cpu_s,

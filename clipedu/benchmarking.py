@@ -207,18 +207,18 @@ def write_section(path: Path, name: str, text: str, title: str = "基准结果")
 
 
 def train_shapes_clip(steps: int, seed: int, device: torch.device, **config):
-    """在几何图形世界上训练一个 tiny-cpu CLIP（临时目录）。
+    """在几何图形世界上训练一个 tiny-cpu CLIP（在临时目录里训练，读回模型后删掉）。
 
     ``config`` 里的其他 ``TrainConfig`` 字段（如 ``warmup_steps``）原样传入。
     返回 (模型, 分词器, 训练秒数)。
     """
     import clipedu
 
-    out = tempfile.mkdtemp(prefix="shapes_clip_")
-    t0 = time.perf_counter()
-    clipedu.train(clipedu.TrainConfig(preset="tiny-cpu", steps=steps, out_dir=out,
-                                      eval_size=300, progress=False, device=str(device),
-                                      seed=seed, **config))
-    seconds = time.perf_counter() - t0
-    model, tok = clipedu.load_model(f"{out}/last.pt", device=device)
+    with tempfile.TemporaryDirectory(prefix="shapes_clip_") as out:  # 读回模型之后就删掉
+        t0 = time.perf_counter()
+        clipedu.train(clipedu.TrainConfig(preset="tiny-cpu", steps=steps, out_dir=out,
+                                          eval_size=300, progress=False, device=str(device),
+                                          seed=seed, **config))
+        seconds = time.perf_counter() - t0
+        model, tok = clipedu.load_model(f"{out}/last.pt", device=device)
     return model, tok, seconds
