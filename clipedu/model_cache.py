@@ -8,16 +8,21 @@
 缓存目录：环境变量 ``CLIPEDU_CACHE``，默认 ``~/.cache/clipedu/models``。只存安全格式：
 权重 ``model.safetensors``，其余 JSON；写入先进临时目录，再整体改名，中途被杀不会留下半个条目。
 只有按步数正常结束的运行才入缓存：被时间预算截断的结果取决于机器当时有多忙，不可复现。
+
+键里还有 clipedu 源码的摘要：``git pull`` 之后训练代码变了，旧代码训练出的模型就不会再被还原。
+缓存最多留 ``MAX_ENTRIES`` 个条目，按最近一次使用排序，多出的最旧条目在存新条目时删掉。
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -31,6 +36,7 @@ from .trainer import train
 
 CACHE_ENV = "CLIPEDU_CACHE"
 CACHE_FORMAT = 2  # 2：meta.json 记下每个文件的 SHA-256，还原前核对
+MAX_ENTRIES = 8  # 一遍书用到 2 个模型；其余是旧代码或别的配置留下的
 # 不影响训练结果的字段：不进键
 _NOT_IN_KEY = ("out_dir", "overwrite", "progress", "tensorboard", "log_every", "save_every", "keep_last")
 
@@ -49,10 +55,22 @@ def cache_key(cfg: TrainConfig, data_key: Optional[str] = None) -> str:
     for name in _NOT_IN_KEY:
         d.pop(name, None)
     d["model"] = cfg.model_config().to_dict()  # 预设展开成具体结构：预设改了，键也跟着变
-    payload = {"cache_format": CACHE_FORMAT, "clipedu": __version__, "torch": torch.__version__.split("+")[0],
-               "train_config": d, "data_key": data_key}
+    payload = {"cache_format": CACHE_FORMAT, "clipedu": __version__, "code": code_digest(),
+               "torch": torch.__version__.split("+")[0], "train_config": d, "data_key": data_key}
     text = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+
+
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """clipedu 包里全部源文件（相对路径与内容）的 SHA-256：代码一变，缓存键就变。"""
+    package = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                       and p.suffix not in (".pyc", ".pyo")):
+        h.update(path.relative_to(package).as_posix().encode("utf-8") + b"\0")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
 
 
 def train_cached(cfg: TrainConfig, train_dataset=None, data_key: Optional[str] = None) -> list[dict]:
@@ -81,6 +99,7 @@ def train_cached(cfg: TrainConfig, train_dataset=None, data_key: Optional[str] =
                         clear_run_files(cfg.out_dir)
                     history = _restore(contents, Path(cfg.out_dir))
                 print(f"[clipedu] 从模型缓存还原（{len(history)} 步，键 {entry.name}）：{entry}")
+                _touch(entry)
                 return history
             # 缓存只是省时间的副本：坏了就删掉重训，不让一个坏文件挡住笔记本
             print(f"[clipedu] 模型缓存条目 {entry} 已损坏（{problem}），删掉后重新训练 / corrupt cache entry")
@@ -89,22 +108,65 @@ def train_cached(cfg: TrainConfig, train_dataset=None, data_key: Optional[str] =
         metrics = json.loads((Path(cfg.out_dir) / "metrics.json").read_text(encoding="utf-8"))
         if metrics.get("stopped_by") == "steps":
             _store(entry, Path(cfg.out_dir), history)
+    prune(keep=entry)
     return history
 
 
+def _touch(entry: Path) -> None:
+    try:
+        os.utime(entry)  # 条目目录的修改时间 = 最近一次使用
+    except OSError:
+        pass
+
+
+def prune(max_entries: int = MAX_ENTRIES, keep: Optional[Path] = None) -> list[str]:
+    """只留最近用过的 ``max_entries`` 个条目；别的进程正持锁（训练或还原中）的不动。返回删掉的键。
+
+    只删本模块写的东西：带 ``meta.json`` 的条目，以及写到一半被杀、超过一小时的临时目录 ``.<键>.*``。"""
+    root = cache_dir()
+    if not root.is_dir():
+        return []
+    entries, removed = [], []
+    for p in root.iterdir():
+        if not p.is_dir() or p.is_symlink():
+            continue
+        try:
+            if (p / "meta.json").is_file():
+                entries.append((p.stat().st_mtime, p))
+            elif p.name.startswith(".") and time.time() - p.stat().st_mtime > 3600:
+                shutil.rmtree(p, ignore_errors=True)
+        except OSError:
+            continue
+    entries.sort(reverse=True)
+    for _, p in entries[max_entries:]:
+        if keep is not None and p == keep:
+            continue
+        with _entry_lock(p, wait=False) as got:
+            if got:
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p.name)
+    return removed
+
+
 @contextlib.contextmanager
-def _entry_lock(entry: Path):
-    """缓存条目旁的锁文件（``<键>.lock``，fcntl.flock）：持锁进程退出或被杀时内核自动释放，不会留下死锁。"""
+def _entry_lock(entry: Path, wait: bool = True):
+    """缓存条目旁的锁文件（``<键>.lock``，fcntl.flock）：持锁进程退出或被杀时内核自动释放，不会留下死锁。
+
+    ``wait=False`` 时不等：别人持着锁就让出 False（清理缓存时跳过正在用的条目）。"""
     entry.parent.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
-    except ImportError:  # Windows：没有 flock，不加锁（最坏情况是同一个模型训练两次）
-        yield
+    except ImportError:  # Windows：没有 flock，不加锁（最坏情况是同一个模型训练两次，或还原时条目被删而重训）
+        yield True
         return
     with open(entry.parent / f"{entry.name}.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
@@ -170,4 +232,4 @@ def _restore(contents: tuple[dict, dict], out_dir: Path) -> list[dict]:
     return history
 
 
-__all__ = ["train_cached", "cache_key", "cache_dir", "CACHE_ENV"]
+__all__ = ["train_cached", "cache_key", "cache_dir", "code_digest", "prune", "CACHE_ENV", "MAX_ENTRIES"]

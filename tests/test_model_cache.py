@@ -121,3 +121,53 @@ def test_damaged_entry_is_detected_and_retrained(tmp_path, cache, capsys, damage
     m2, _ = load_model(tmp_path / "run2" / "last.pt")
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
     assert mc._read_entry(entry)[1] is None  # 新条目完好
+
+
+def test_key_follows_the_code(tmp_path, monkeypatch):
+    """git pull 之后训练代码变了：键随之改变，旧代码训练出的模型不会被还原。"""
+    digest = mc.code_digest()
+    assert len(digest) == 64 and digest == mc.code_digest()
+    before = mc.cache_key(_cfg(tmp_path / "a"))
+    monkeypatch.setattr(mc, "code_digest", lambda: "0" * 64)
+    assert mc.cache_key(_cfg(tmp_path / "a")) != before
+
+
+def test_prune_keeps_recent_busy_and_foreign(tmp_path, cache):
+    """只留最近用过的几个条目；正在被别的进程使用的、不是本模块写的、刚写到一半的都不动。"""
+    import time
+
+    cache.mkdir(parents=True)
+    now = time.time()
+    for i in range(6):  # e0 最旧 … e5 最新
+        entry = cache / f"e{i}"
+        entry.mkdir()
+        (entry / "meta.json").write_text("{}", encoding="utf-8")
+        os.utime(entry, (now - 1000 + i, now - 1000 + i))
+    foreign = cache / "notes"
+    foreign.mkdir()
+    old_tmp, new_tmp = cache / ".e9.old", cache / ".e9.new"
+    old_tmp.mkdir()
+    new_tmp.mkdir()
+    os.utime(old_tmp, (now - 7200, now - 7200))
+    holder = subprocess.Popen(  # 另一个进程持着 e1 的锁（正在还原它）
+        [sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+         "print('ok', flush=True); sys.stdin.read()", str(cache / "e1.lock")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ok"
+        removed = mc.prune(max_entries=3)
+    finally:
+        holder.communicate("", timeout=60)
+    assert sorted(removed) == ["e0", "e2"]
+    left = sorted(p.name for p in cache.iterdir() if p.is_dir())
+    assert left == [".e9.new", "e1", "e3", "e4", "e5", "notes"]
+    assert mc.prune(max_entries=3) == ["e1"]  # 锁放开之后
+
+
+def test_restoring_counts_as_use(tmp_path, cache):
+    """还原会更新条目的时间：常用的模型不会因为“存得早”被清理掉。"""
+    mc.train_cached(_cfg(tmp_path / "run1"))
+    entry = cache / mc.cache_key(_cfg(tmp_path / "x"))
+    os.utime(entry, (1, 1))
+    mc.train_cached(_cfg(tmp_path / "run2"))
+    assert entry.stat().st_mtime > 1e9
