@@ -2,7 +2,7 @@
 # README 命令 2（也是 .ci/run 运行的内容）：安装一切，然后运行全部测试。
 #   1. WITH_BROWSER=1 WITH_TEX=1 scripts/setup.sh（Python 依赖、npm 前端依赖；root + Debian 时 apt 安装 chromium、
 #      中文字体和 PDF 版要的 XeLaTeX/ctex/latexmk/poppler-utils）
-#   2. 单元测试：pytest tests/ --ignore=tests/browser --ignore=tests/pdf -n 2（两个进程并行）
+#   2. 单元测试：pytest tests/ --ignore=tests/browser --ignore=tests/pdf -n 2（两个进程并行）；跑完临时目录里不许留下文件
 #   3. 构建书：scripts/build_book.sh（其中 nbmake 把每个笔记本恰好执行一次，再 -W -n 严格构建）
 #   4–5. 学生版网页、PDF 版与学生版 PDF（三个同时构建）：EDITION=student / pdf / student-pdf REUSE_EXECUTED=1，
 #      复用第 3 步执行过的笔记本；学生版删掉解答，PDF 用 XeLaTeX 排版并检查日志
@@ -48,9 +48,13 @@ run_pytest() {
 
 step "安装 (setup.sh)" env WITH_BROWSER=1 WITH_TEX=1 bash scripts/setup.sh
 # 两个进程并行、各用 1 个线程（pytest-xdist）：测试里多是小模型，2 核上比一个进程开两个线程快
+# 临时目录指向 _build/unit_tmp：跑完检查测试在那里没留下文件（tmp_path 只为失败的测试保留，见 pyproject.toml）
 unit_tests() {
-    OMP_NUM_THREADS=1 run_pytest tests/ --ignore=tests/browser --ignore=tests/pdf -q -p no:cacheprovider \
-        --durations=15 -n 2 --dist worksteal
+    local tmp=$ROOT/_build/unit_tmp rc=0
+    rm -rf "$tmp" && mkdir -p "$tmp"
+    TMPDIR=$tmp OMP_NUM_THREADS=1 run_pytest tests/ --ignore=tests/browser --ignore=tests/pdf -q -p no:cacheprovider \
+        --durations=15 -n 2 --dist worksteal || rc=$?
+    if [[ $rc == 0 ]]; then python scripts/check_leftovers.py "$tmp"; else return "$rc"; fi
 }
 step "单元测试" unit_tests
 # 离线包在两本 PDF 都构建完之后打一次（第 6 步），这里不让构建脚本顺手各打一次

@@ -113,7 +113,8 @@ def test_torchrun_two_process_finetune_resumes_exactly(cn_ckpt, tmp_path):
     def torchrun(*args):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "clipedu", "train", *common, *args]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+        # torchrun 的 torchelastic_* 临时目录放进 tmp_path，随测试一起清理
+        done = subprocess.run(cmd, env={**env, "TMPDIR": str(tmp_path)}, capture_output=True, text=True, timeout=240)
         assert done.returncode == 0, done.stderr[-3000:]
 
     torchrun("--out", str(a), "--save-every", "1", "--keep-last", "5")

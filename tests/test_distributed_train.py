@@ -31,7 +31,7 @@ def runs(tmp_path_factory):
     common = ["--steps", str(STEPS), "--batch-size", str(BATCH)]
     ddp = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                             WORKER, "--out", str(out / "ddp"), "--variants", "plain,local,accum", *common],
-                           env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           env={**_env(), "TMPDIR": str(out)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # 单进程参照在本进程里跑（与 torchrun 同时进行，省一次启动 Python 的时间）
     torch.set_num_threads(1)
     train(tiny_train_config(out / "single" / "plain", steps=STEPS, batch_size=BATCH),

@@ -51,7 +51,7 @@ def test_torchrun_ranks_share_one_lock_a_second_job_is_refused_and_kill_9_leaves
     out = tmp_path / "run"
     job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                             "-m", "clipedu", *TRAIN, "--out", str(out), "--steps", "100000", "--time-budget", "120",
-                            "--save-every", "1"], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            "--save-every", "1"], cwd=ROOT, env={**_env(), "TMPDIR": str(tmp_path)}, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     try:
         _wait_training(job, out)
