@@ -103,15 +103,17 @@ elif (( ${#notebooks[@]} )); then
         xdist=(-n "$NB_WORKERS" --dist worksteal)
         export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
     fi
-    # 笔记本的输出目录（clipedu.run_dir）与临时目录都放在 _build/ 下、每次构建清空：构建之间互不干扰。
-    # 执行完临时目录必须是空的：笔记本用 tempfile.mkdtemp 之类留下文件，每运行一次就多占一份磁盘，这里直接报错
-    runs=$ROOT/_build/notebook_runs nb_tmp=$ROOT/_build/notebook_tmp
-    rm -rf "$runs" "$nb_tmp"
-    mkdir -p "$runs" "$nb_tmp"
+    # 笔记本的输出目录（clipedu.run_dir）放在 _build/notebook_runs、每次构建清空：构建之间互不干扰。
+    # 临时目录换成一个新建的空目录（路径要短：Unix 套接字的路径不能超过 107 字节）。执行完它里面必须没有文件：
+    # 笔记本用 tempfile.mkdtemp 之类留下文件，每运行一次就多占一份磁盘，这里直接报错
+    runs=$ROOT/_build/notebook_runs
+    rm -rf "$runs" && mkdir -p "$runs"
+    nb_tmp=$(mktemp -d "${TMPDIR:-/tmp}/clipedu_nb.XXXXXX")
     (cd "$STAGE" && CLIPEDU_RUNS="$runs" TMPDIR="$nb_tmp" \
         python -m pytest --nbmake --overwrite --nbmake-timeout="$NB_TIMEOUT" "${xdist[@]}" \
         -p no:cacheprovider --rootdir="$STAGE" -q --durations=0 notebooks)
     python scripts/check_leftovers.py "$nb_tmp" "$runs"
+    rm -rf "$nb_tmp"
     python scripts/check_notebook_outputs.py --extract "$ROOT/_build/screenshots/figures" "${notebooks[@]}"
 else
     log "notebooks/ 里还没有笔记本，跳过执行"

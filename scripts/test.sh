@@ -48,13 +48,16 @@ run_pytest() {
 
 step "安装 (setup.sh)" env WITH_BROWSER=1 WITH_TEX=1 bash scripts/setup.sh
 # 两个进程并行、各用 1 个线程（pytest-xdist）：测试里多是小模型，2 核上比一个进程开两个线程快
-# 临时目录指向 _build/unit_tmp：跑完检查测试在那里没留下文件（tmp_path 只为失败的测试保留，见 pyproject.toml）
+# 临时目录换成一个新建的空目录（路径要短：Unix 套接字的路径不能超过 107 字节），跑完检查测试在那里没留下文件
+# （tmp_path 只为失败的测试保留，见 pyproject.toml）；失败时留着它供排查
 unit_tests() {
-    local tmp=$ROOT/_build/unit_tmp rc=0
-    rm -rf "$tmp" && mkdir -p "$tmp"
+    local tmp rc=0
+    tmp=$(mktemp -d "${TMPDIR:-/tmp}/clipedu_unit.XXXXXX")
     TMPDIR=$tmp OMP_NUM_THREADS=1 run_pytest tests/ --ignore=tests/browser --ignore=tests/pdf -q -p no:cacheprovider \
         --durations=15 -n 2 --dist worksteal || rc=$?
-    if [[ $rc == 0 ]]; then python scripts/check_leftovers.py "$tmp"; else return "$rc"; fi
+    if [[ $rc == 0 ]]; then python scripts/check_leftovers.py "$tmp" || rc=$?; fi
+    if [[ $rc == 0 ]]; then rm -rf "$tmp"; else echo "[test] 测试的临时目录留在 $tmp" >&2; fi
+    return "$rc"
 }
 step "单元测试" unit_tests
 # 离线包在两本 PDF 都构建完之后打一次（第 6 步），这里不让构建脚本顺手各打一次
