@@ -5,7 +5,7 @@
 一个键（SHA-256），缓存里有就直接把权重与日志还原到 ``cfg.out_dir``，没有才调用 ``train(cfg)``
 并把结果存起来。之后的代码照常读 ``out_dir/last.pt``、``log.jsonl``、``metrics.json``。
 
-缓存目录：环境变量 ``CLIPEDU_CACHE``，默认 ``~/.cache/clipedu/models``。只存安全格式：
+缓存目录：环境变量 ``CLIPEDU_CACHE``，默认 ``~/.cache/clipedu/models``（家目录不可写时见 ``clipedu.user_cache``）。只存安全格式：
 权重 ``model.safetensors``，其余 JSON；写入先进临时目录，再整体改名，中途被杀不会留下半个条目。
 只有按步数正常结束的运行才入缓存：被时间预算截断的结果取决于机器当时有多忙，不可复现。
 
@@ -33,6 +33,7 @@ from .config import TrainConfig
 from .fileinfo import file_sha256
 from .outdir import OutDirLock, check_out_dir_unused, clear_run_files
 from .trainer import train
+from .user_cache import user_cache_dir
 
 CACHE_ENV = "CLIPEDU_CACHE"
 CACHE_FORMAT = 2  # 2：meta.json 记下每个文件的 SHA-256，还原前核对
@@ -42,9 +43,8 @@ _NOT_IN_KEY = ("out_dir", "overwrite", "progress", "tensorboard", "log_every", "
 
 
 def cache_dir() -> Path:
-    """缓存根目录：``$CLIPEDU_CACHE``，否则 ``~/.cache/clipedu/models``。"""
-    root = os.environ.get(CACHE_ENV)
-    return Path(root) if root else Path.home() / ".cache" / "clipedu" / "models"
+    """缓存根目录：``$CLIPEDU_CACHE``，否则 ``~/.cache/clipedu/models``（家目录不可写时见 ``user_cache``）。"""
+    return user_cache_dir("models", CACHE_ENV)
 
 
 def cache_key(cfg: TrainConfig, data_key: Optional[str] = None) -> str:

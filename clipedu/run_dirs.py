@@ -23,15 +23,15 @@ from pathlib import Path
 
 from .errors import UsageError
 from .outdir import RUN_DIR_MARKER as MARKER, _alive, _proc_start, ensure_dir
+from .user_cache import user_cache_dir
 
 RUNS_ENV = "CLIPEDU_RUNS"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def runs_root() -> Path:
-    """运行目录的根：``$CLIPEDU_RUNS``，否则 ``~/.cache/clipedu/runs``。"""
-    root = os.environ.get(RUNS_ENV, "").strip()
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "clipedu" / "runs"
+    """运行目录的根：``$CLIPEDU_RUNS``，否则 ``~/.cache/clipedu/runs``（家目录不可写时见 ``user_cache``）。"""
+    return user_cache_dir("runs", RUNS_ENV)
 
 
 def _owner(path: Path) -> dict | None:
