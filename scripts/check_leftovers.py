@@ -12,6 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+FIXED_NAMES = {".ses"}
+
 
 def tree_size(path: Path) -> int:
     if path.is_symlink() or path.is_file():
@@ -30,9 +32,10 @@ def main(argv: list[str]) -> int:
     tmp = Path(argv[0])
     runs = Path(argv[1]) if len(argv) == 2 else None
     rc = 0
-    # 只算装着文件的：pytest、torch 会顺手建一些空的缓存目录（pytest-of-USER、torchinductor_USER），它们不占磁盘
-    left = sorted(p for p in tmp.iterdir() if not p.is_dir() or any(q.is_file() for q in p.rglob("*"))) \
-        if tmp.is_dir() else []
+    # 只算装着文件的：pytest、torch 会顺手建一些空的缓存目录（pytest-of-USER、torchinductor_USER），它们不占磁盘。
+    # 名字固定的工具文件每次覆盖同一个，不会越积越多，也不算：onnxruntime 一导入就写 $TMPDIR/.ses（51 字节）
+    left = sorted(p for p in tmp.iterdir() if p.name not in FIXED_NAMES
+                  and (not p.is_dir() or any(q.is_file() for q in p.rglob("*")))) if tmp.is_dir() else []
     if left:
         rc = 1
         print(f"[check_leftovers] 临时目录 {tmp} 里留下了 {len(left)} 项（每运行一次就多占一份磁盘）：",

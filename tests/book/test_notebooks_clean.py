@@ -142,6 +142,7 @@ def test_leftover_checker(tmp_path):
     (runs / "05_results" / "20261206-000000-1").mkdir(parents=True)
     (runs / "05_results" / "20261206-000000-1" / "last.pt").write_bytes(b"z" * 2048)
     (tmp / "torchinductor_root" / "sub").mkdir(parents=True)  # 工具顺手建的空目录：不算残留
+    (tmp / ".ses").write_text("1\n", encoding="utf-8")  # onnxruntime 的固定名文件：不会越积越多
     assert check.main([str(tmp), str(runs)]) == 0
     (tmp / "clipedu_results_abc").mkdir()
     (tmp / "clipedu_results_abc" / "last.pt").write_bytes(b"")
