@@ -54,6 +54,13 @@ def _proc_start(pid: int) -> Optional[str]:
 
 
 def _alive(pid: int, start: Optional[str]) -> bool:
+    """pid 那个进程是否还在（``start`` 用来识别 pid 被复用）。判断不了时当作还在：宁可不接管、不删除。"""
+    if os.name == "nt":  # Windows 上 os.kill(pid, 0) 会结束那个进程，不能拿来探测
+        try:
+            import psutil
+        except ImportError:
+            return True
+        return psutil.pid_exists(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -125,3 +125,20 @@ def test_default_root_is_in_the_user_cache(monkeypatch):
     assert runs_root() == Path.home() / ".cache" / "clipedu" / "runs"
     monkeypatch.setenv("CLIPEDU_RUNS", "~/elsewhere")
     assert runs_root() == Path.home() / "elsewhere"
+
+
+def test_liveness_probe_never_signals_on_windows(monkeypatch):
+    """Windows 上 os.kill(pid, 0) 会结束那个进程：探测只能用别的办法，判断不了就当作还在（不删）。"""
+    import builtins
+
+    import clipedu.outdir as od
+
+    def forbidden(*a):
+        raise AssertionError("Windows 上不许用 os.kill 探测进程")
+
+    monkeypatch.setattr(od.os, "name", "nt")
+    monkeypatch.setattr(od.os, "kill", forbidden)
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name == "psutil" else real_import(name, *a, **k))
+    assert od._alive(2**22 + 12345, None) is True
