@@ -31,8 +31,8 @@ class JoinCJKSoftBreaks(SphinxPostTransform):
     default_priority = 900
 
     def apply(self, **kwargs) -> None:
-        for node in list(self.document.findall(nodes.Text)):
-            if "\n" not in node or any(isinstance(a, _SKIP) for a in _ancestors(node)):
+        for node in list(_prose_texts(self.document)):
+            if "\n" not in node:
                 continue
             # MyST 把软换行单独做成一个 "\n" 文字节点：两侧的字要从相邻的兄弟节点里看。
             # 位置按身份找：Text 是 str 的子类，list.index 与 Element.replace 都按内容比较，
@@ -58,11 +58,13 @@ def _near(parent, k: int, step: int) -> str:
     return ""
 
 
-def _ancestors(node):
-    parent = node.parent
-    while parent is not None:
-        yield parent
-        parent = parent.parent
+def _prose_texts(node):
+    """正文里的文字节点：不进入代码、公式、原始 HTML 这些子树。"""
+    for child in node.children:
+        if isinstance(child, nodes.Text):
+            yield child
+        elif not isinstance(child, _SKIP):
+            yield from _prose_texts(child)
 
 
 def setup(app):
