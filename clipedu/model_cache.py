@@ -108,7 +108,7 @@ def train_cached(cfg: TrainConfig, train_dataset=None, data_key: Optional[str] =
         metrics = json.loads((Path(cfg.out_dir) / "metrics.json").read_text(encoding="utf-8"))
         if metrics.get("stopped_by") == "steps":
             _store(entry, Path(cfg.out_dir), history)
-    prune(keep=entry)
+    prune()
     return history
 
 
@@ -119,7 +119,7 @@ def _touch(entry: Path) -> None:
         pass
 
 
-def prune(max_entries: int = MAX_ENTRIES, keep: Optional[Path] = None) -> list[str]:
+def prune(max_entries: int = MAX_ENTRIES) -> list[str]:
     """只留最近用过的 ``max_entries`` 个条目；别的进程正持锁（训练或还原中）的不动。返回删掉的键。
 
     只删本模块写的东西：带 ``meta.json`` 的条目，以及写到一半被杀、超过一小时的临时目录 ``.<键>.*``。"""
@@ -138,9 +138,7 @@ def prune(max_entries: int = MAX_ENTRIES, keep: Optional[Path] = None) -> list[s
         except OSError:
             continue
     entries.sort(reverse=True)
-    for _, p in entries[max_entries:]:
-        if keep is not None and p == keep:
-            continue
+    for _, p in entries[max_entries:]:  # 刚存好的条目最新，总在留下的那几个里
         with _entry_lock(p, wait=False) as got:
             if got:
                 shutil.rmtree(p, ignore_errors=True)

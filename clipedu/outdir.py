@@ -73,6 +73,21 @@ def _alive(pid: int, start: Optional[str]) -> bool:
     return start is None or now is None or now == start
 
 
+def owner_record() -> dict:
+    """谁在用：锁文件与运行目录标记（clipedu.run_dir）里记下的本进程信息。"""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "start": _proc_start(os.getpid()),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": " ".join(sys.argv)[:300]}
+
+
+def read_owner(path: Path) -> Optional[dict]:
+    """读 ``owner_record`` 写下的 JSON；读不出、不是本库写的格式时返回 None。"""
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return info if isinstance(info, dict) and isinstance(info.get("pid"), int) else None
+
+
 def ensure_dir(out_dir: str | os.PathLike, flag: str = "--out") -> Path:
     """建好输出目录；它是文件、在文件之下或不可写时抛 UsageError，指明旗标与路径。"""
     path = Path(out_dir)
@@ -133,21 +148,13 @@ class OutDirLock:
         self.enabled = current_rank() == 0 if enabled is None else enabled
         self._key = ""  # 规范化的锁文件路径：建好目录之后才能 resolve（路径可能是坏的符号链接）
 
-    def _record(self) -> dict:
-        return {"pid": os.getpid(), "host": socket.gethostname(), "start": _proc_start(os.getpid()),
-                "since": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": " ".join(sys.argv)[:300]}
-
     def _read(self) -> Optional[dict]:
-        try:
-            info = json.loads(self.path.read_text(encoding="utf-8"))
-            return info if isinstance(info, dict) and isinstance(info.get("pid"), int) else None
-        except (OSError, ValueError, RecursionError):
-            return None
+        return read_owner(self.path)
 
     def _try_create(self) -> bool:
         """原子地创建带完整内容的锁文件：先写临时文件，再 link 过去（目标已存在则失败）。"""
         tmp = self.out_dir / f".clipedu.lock.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(self._record(), ensure_ascii=False), encoding="utf-8")
+        tmp.write_text(json.dumps(owner_record(), ensure_ascii=False), encoding="utf-8")
         try:
             os.link(tmp, self.path)
             return True

@@ -17,12 +17,11 @@ import os
 import re
 import shutil
 import socket
-import sys
 import time
 from pathlib import Path
 
 from .errors import UsageError
-from .outdir import RUN_DIR_MARKER as MARKER, _alive, _proc_start, ensure_dir
+from .outdir import RUN_DIR_MARKER as MARKER, _alive, ensure_dir, owner_record, read_owner
 from .user_cache import user_cache_dir
 
 RUNS_ENV = "CLIPEDU_RUNS"
@@ -32,14 +31,6 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 def runs_root() -> Path:
     """运行目录的根：``$CLIPEDU_RUNS``，否则 ``~/.cache/clipedu/runs``（家目录不可写时见 ``user_cache``）。"""
     return user_cache_dir("runs", RUNS_ENV)
-
-
-def _owner(path: Path) -> dict | None:
-    try:
-        info = json.loads((path / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
-    return info if isinstance(info, dict) and isinstance(info.get("pid"), int) else None
 
 
 def _finished(path: Path, info: dict | None) -> bool:
@@ -58,7 +49,10 @@ def _finished(path: Path, info: dict | None) -> bool:
 
 def previous_runs(name: str) -> list[Path]:
     """同名下现有的运行目录（带标记文件的），按名字（即时间）排序。"""
-    base = runs_root() / _check_name(name)
+    return _runs_in(runs_root() / _check_name(name))
+
+
+def _runs_in(base: Path) -> list[Path]:
     if not base.is_dir():
         return []
     return sorted(p for p in base.iterdir() if p.is_dir() and not p.is_symlink() and (p / MARKER).exists())
@@ -75,8 +69,8 @@ def run_dir(name: str) -> Path:
     """为笔记本 ``name`` 新建一个空的运行目录并返回它；同名下已结束的旧运行一并删掉。"""
     base = runs_root() / _check_name(name)
     ensure_dir(base, flag=f"{RUNS_ENV}（运行目录）")
-    for old in previous_runs(name):
-        if _finished(old, _owner(old)):
+    for old in _runs_in(base):
+        if _finished(old, read_owner(old / MARKER)):
             shutil.rmtree(old, ignore_errors=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for i in range(100):
@@ -88,10 +82,8 @@ def run_dir(name: str) -> Path:
             continue
     else:  # pragma: no cover - 同一秒里同一进程建了 100 个
         raise UsageError(f"无法在 {base} 下新建运行目录 / cannot create run directory")
-    info = {"pid": os.getpid(), "host": socket.gethostname(), "start": _proc_start(os.getpid()),
-            "since": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": " ".join(sys.argv)[:300]}
     tmp = path / f"{MARKER}.tmp"
-    tmp.write_text(json.dumps(info, ensure_ascii=False), encoding="utf-8")
+    tmp.write_text(json.dumps(owner_record(), ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, path / MARKER)
     return path
 
