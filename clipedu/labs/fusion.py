@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -23,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..optim import adamw
+from .parallel_fit import fit_in_threads
 from ..tokenizer import PAD_ID, VOCAB_SIZE
 
 
@@ -217,12 +219,15 @@ def fit_classifier(
     model: nn.Module, inputs: Sequence[torch.Tensor], labels: torch.Tensor, *,
     steps: int = 500, batch_size: int = 128, lr: float = 1e-3,
     weight_decay: float = 0.01, time_budget: Optional[float] = None,
-    seed: int = 0, device=None,
+    seed: int = 0, device=None, stop: Optional[threading.Event] = None,
 ) -> list[dict]:
     """共用的小训练器：交叉熵 + AdamW + 预热后余弦衰减。
 
-    约定 ``model(*inputs[idx]) -> logits``。每步随机抽一批下标；
-    ``time_budget``（秒）到了就提前停。返回逐步的 {step, loss, acc, time}。
+    约定 ``model(*inputs[idx]) -> logits``。每步随机抽一批下标
+    （只用本函数自己的生成器）；``time_budget``（秒）到了、或 ``stop``
+    被设置就提前停。返回逐步的 {step, loss, acc, time, cpu}：``time`` 是
+    墙钟秒数，``cpu`` 是本线程用掉的 CPU 秒数（算子内只用 1 个线程时，
+    它就是训练的全部计算，不受别的进程抢占影响）。
     """
     if device is not None:
         device = torch.device(device)
@@ -245,8 +250,10 @@ def fit_classifier(
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     model.train()
-    history, start = [], time.perf_counter()
+    history, start, start_cpu = [], time.perf_counter(), time.thread_time()
     for step in range(steps):
+        if stop is not None and stop.is_set():
+            break
         idx = torch.randint(0, labels.shape[0], (batch_size,), generator=g)
         logits = model(*[x[idx].to(device) for x in inputs])
         y = labels[idx].to(device)
@@ -258,12 +265,37 @@ def fit_classifier(
         elapsed = time.perf_counter() - start
         acc = (logits.argmax(-1) == y).float().mean().item()
         history.append(
-            {"step": step + 1, "loss": loss.item(), "acc": acc, "time": elapsed}
+            {"step": step + 1, "loss": loss.item(), "acc": acc, "time": elapsed,
+             "cpu": time.thread_time() - start_cpu}
         )
         if time_budget is not None and elapsed >= time_budget:
             break
     model.eval()
     return history
+
+
+def fit_classifiers(
+    models: dict[str, nn.Module], inputs: Sequence[torch.Tensor], labels: torch.Tensor, **kwargs,
+) -> dict[str, list[dict]]:
+    """用 ``fit_classifier`` 同时训练几个互不相干的模型，返回 {名字: 逐步记录}。
+
+    模型都在 CPU 上时，每个模型一个线程、每个线程 1 个算子内线程（见 ``parallel_fit``）；
+    结果与逐个在 1 个线程上训练逐位相同。模型在 GPU 上时逐个训练。其余参数原样传给 ``fit_classifier``。
+    """
+    seen: set[int] = set()
+    for name, m in models.items():
+        ids = {id(p) for p in m.parameters()}
+        if ids & seen:  # 两个线程同时改同一组参数会互相覆盖
+            raise ValueError(f"模型 {name!r} 与前面的模型共用参数，不能同时训练 / models share parameters")
+        seen |= ids
+    on_cpu = all(p.device.type == "cpu" for m in models.values() for p in m.parameters())
+    if not on_cpu:
+        return {name: fit_classifier(m, inputs, labels, **kwargs) for name, m in models.items()}
+    jobs = {
+        name: (lambda stop, m=m: fit_classifier(m, inputs, labels, stop=stop, **kwargs))
+        for name, m in models.items()
+    }
+    return fit_in_threads(jobs)
 
 
 @torch.no_grad()
@@ -312,5 +344,6 @@ def query_flops(model: _FusionBase, index: torch.Tensor, tokens: torch.Tensor) -
 
 __all__ = [
     "FusionConfig", "EarlyFusion", "LateFusion", "HybridFusion", "TextOnlyBaseline", "FUSION_MODELS",
-    "PatchEmbed", "TextEmbed", "num_params", "vqa_tensors", "fit_classifier", "predict", "query_cost", "query_flops",
+    "PatchEmbed", "TextEmbed", "num_params", "vqa_tensors", "fit_classifier", "fit_classifiers",
+    "predict", "query_cost", "query_flops",
 ]
