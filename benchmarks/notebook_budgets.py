@@ -2,6 +2,9 @@
 
     python benchmarks/notebook_budgets.py diffusion 32,800,64,100,2e-3 16,800,64,100,2e-3
         # 每组：UNet 宽度, 步数, 批大小, 扩散步数 T, 学习率（与 02_diffusion 的 UNet 单元格相同的代码）
+    python benchmarks/notebook_budgets.py diffusion 32,600,64,100,2e-3,5,0.99 --seeds 0 1 2
+        # 可选的第 6、7 项：Min-SNR-γ 的 γ（0 表示不加权）与参数平均的衰减率 ρ（0 表示不平均）；
+        # 给了 ρ 时，同一次训练里未平均与平均后的参数各评估一次
     python benchmarks/notebook_budgets.py fusion 800,64,2e-3 400,64,3e-3
         # 每组：步数, 批大小, 学习率（与 02_fusion 的训练单元格相同的代码）
 
@@ -23,17 +26,23 @@ import clipedu  # noqa: E402
 from clipedu.model_cache import train_cached  # noqa: E402
 
 
-def _groups(values: list[str], types: tuple) -> list[tuple]:
+def _groups(values: list[str], types: tuple, required: int | None = None) -> list[tuple]:
+    """把 "a,b,c" 形式的参数组转成元组；前 required 项必填，其余可省。"""
+    required = len(types) if required is None else required
     out = []
     for v in values:
         parts = v.split(",")
-        if len(parts) != len(types):
-            raise SystemExit(f"参数组 {v!r} 应有 {len(types)} 项，用逗号分开 / bad group")
-        out.append(tuple(t(p) for t, p in zip(types, parts)))
+        if not required <= len(parts) <= len(types):
+            count = f"{required}" if required == len(types) else f"{required}–{len(types)}"
+            raise SystemExit(f"参数组 {v!r} 应有 {count} 项，用逗号分开 / bad group")
+        try:
+            out.append(tuple(t(p) for t, p in zip(types, parts)))
+        except ValueError:
+            raise SystemExit(f"参数组 {v!r} 里有不是数字的项 / bad number in group") from None
     return out
 
 
-def diffusion(groups: list[tuple]) -> None:
+def diffusion(groups: list[tuple], seeds: list[int]) -> None:
     from clipedu.data import ShapesDataset
     from clipedu.labs.diffusion import (DiffusionConfig, GaussianDiffusion, clip_to_pixels,
                                         generate_and_classify, train_diffusion)
@@ -53,21 +62,28 @@ def diffusion(groups: list[tuple]) -> None:
     x0, cond = clip_to_pixels(X, size=16), text_emb[labels]
     want = torch.arange(36).repeat_interleave(2)
     held = torch.isin(want, torch.tensor(shapes.heldout_classes))
-    for base, steps, batch, T, lr in groups:
+    from clipedu.ema import ModelEMA
+
+    for group, seed in ((g, s) for g in groups for s in seeds):
+        base, steps, batch, T, lr, gamma, decay = (*group, 0.0, 0.0)[:7]
         diff = GaussianDiffusion(DiffusionConfig(timesteps=T))
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         unet = TinyUNet(UNetConfig(image_size=16, cond_dim=text_emb.shape[1], base_channels=base,
                                    groups=8 if base >= 24 else 4))
+        ema = ModelEMA(unet, decay) if decay > 0 else None
         t0 = time.process_time()
-        train_diffusion(unet, diff, x0, cond, steps=steps, batch_size=batch, lr=lr, p_uncond=0.1, seed=0)
+        train_diffusion(unet, diff, x0, cond, steps=steps, batch_size=batch, lr=lr, p_uncond=0.1,
+                        snr_gamma=gamma or None, ema=ema, seed=seed)
         train_s = time.process_time() - t0
-        cells = []
-        for w in (1.0, 3.0, 5.0):
-            _, pred = generate_and_classify(diff, unet, clip_model, classifier, text_emb, want, w, seed=0)
-            ok = pred == want
-            cells.append(f"w={w:g} {ok[~held].float().mean():.1%} / {ok[held].float().mean():.1%}")
-        print(f"宽 {base}，{steps} 步，批 {batch}，T={T}，学习率 {lr:g}：训练 {train_s:.0f} CPU 秒；"
-              + "；".join(cells), flush=True)
+        label = (f"宽 {base}，{steps} 步，批 {batch}，T={T}，学习率 {lr:g}，γ={gamma:g}，ρ={decay:g}，种子 {seed}："
+                 f"训练 {train_s:.0f} CPU 秒")
+        for name, net in [("未平均", unet)] + ([("平均后", ema.module)] if ema else []):
+            cells = []
+            for w in (1.0, 3.0, 5.0):
+                _, pred = generate_and_classify(diff, net, clip_model, classifier, text_emb, want, w, seed=0)
+                ok = pred == want
+                cells.append(f"w={w:g} {ok[~held].float().mean():.1%} / {ok[held].float().mean():.1%}")
+            print(f"{label}；{name}：" + "；".join(cells), flush=True)
 
 
 def fusion(groups: list[tuple]) -> None:
@@ -96,10 +112,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("lab", choices=("diffusion", "fusion"))
     parser.add_argument("groups", nargs="+", help="参数组，见上面的说明")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="扩散：每组训练的种子（默认 0）")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.lab == "diffusion":
-        diffusion(_groups(args.groups, (int, int, int, int, float)))
+        diffusion(_groups(args.groups, (int, int, int, int, float, float, float), required=5), args.seeds)
     else:
         fusion(_groups(args.groups, (int, int, float)))
 

@@ -165,3 +165,48 @@ def test_conditional_unet_learns_colours():
     mean_rgb = out.mean(dim=(2, 3))  # (16, 3)
     is_red = mean_rgb[:, 0] > mean_rgb[:, 2]
     assert torch.equal(is_red, want[:, 0].bool()), mean_rgb
+
+
+def test_min_snr_weighting_matches_its_formula():
+    # Min-SNR-γ：每个样本的 ε 均方误差乘 min(SNR(t), γ)/SNR(t)，SNR(t) = ᾱ_t/(1 − ᾱ_t)
+    d = GaussianDiffusion(DiffusionConfig(timesteps=100))
+    ab = d.alpha_bars
+    torch.testing.assert_close(d.snr(torch.arange(100)), ab / (1 - ab))
+    assert (d.snr(torch.arange(1, 100)) < d.snr(torch.arange(99))).all()  # 随 t 单调下降
+    torch.manual_seed(0)
+    net = TinyUNet(UNetConfig(image_size=8, channel_mults=(1, 2), base_channels=8, groups=4, cond_dim=0))
+    torch.nn.init.normal_(net.conv_out.weight, std=0.1)  # 零初始化的输出层会让 ε̂ ≡ 0，换成非零
+    x0 = torch.rand(64, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        got = d.loss(net, x0, generator=torch.Generator().manual_seed(2), snr_gamma=5.0)
+        plain = d.loss(net, x0, generator=torch.Generator().manual_seed(2))
+        # 手算：同一个生成器按同样的顺序抽 t 与 ε
+        g = torch.Generator().manual_seed(2)
+        t = torch.randint(0, 100, (64,), generator=g)
+        eps = torch.randn(x0.shape, generator=g)
+        err = (net(d.q_sample(x0, t, eps), t) - eps).pow(2).mean(dim=(1, 2, 3))
+        snr = ab[t] / (1 - ab[t])
+        weight = torch.minimum(snr, torch.tensor(5.0, dtype=snr.dtype)) / snr
+        torch.testing.assert_close(got, (weight.float() * err).mean())
+        torch.testing.assert_close(plain, err.mean())
+        assert (weight < 1).any() and (weight == 1).any() and got < plain  # 两段都出现，且确实降了权
+        # γ 不小于所有 SNR 时各步等权，就是 L_simple
+        big = float(d.snr(torch.tensor([0]))) + 1
+        torch.testing.assert_close(d.loss(net, x0, generator=torch.Generator().manual_seed(2), snr_gamma=big), plain)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="snr_gamma"):
+            d.loss(net, x0, snr_gamma=bad)
+
+
+def test_train_diffusion_updates_the_ema_every_step():
+    from clipedu.ema import ModelEMA
+    torch.manual_seed(0)
+    net = ToyDenoiser(hidden=32)
+    ema = ModelEMA(net, decay=0.99)
+    d = GaussianDiffusion(DiffusionConfig(timesteps=20, clip_denoised=False))
+    data = toy_data_2d(256, generator=torch.Generator().manual_seed(0))
+    hist = train_diffusion(net, d, data, steps=30, batch_size=32, snr_gamma=5.0, ema=ema, seed=0)
+    assert len(hist) == 30 and ema.updates == 30
+    diffs = [(a - b).abs().max().item() for a, b in zip(ema.module.parameters(), net.parameters())]
+    assert max(diffs) > 0  # 平均后的参数落后于当前参数，但不是初始值
+    assert not ema.module.training

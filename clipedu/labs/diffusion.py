@@ -132,11 +132,22 @@ class GaussianDiffusion:
         return (xt - noise_coef * eps) / signal_coef
 
     # ---- 训练目标 ----
-    def loss(self, model: nn.Module, x0: torch.Tensor, cond=None, p_uncond: float = 0.0,
-             generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """ε 预测目标：E_{t,ε} ‖ε − ε_θ(x_t, t, c)‖²。
+    def snr(self, t) -> torch.Tensor:
+        """信噪比 SNR(t) = ᾱ_t / (1 − ᾱ_t)：x_t 里信号与噪声的方差之比，float64。"""
+        t = torch.as_tensor(t, dtype=torch.long)
+        return self.alpha_bars[t] / (1 - self.alpha_bars[t])
+
+    def loss(
+        self, model: nn.Module, x0: torch.Tensor, cond=None, p_uncond: float = 0.0,
+        generator: Optional[torch.Generator] = None,
+        snr_gamma: Optional[float] = None,
+    ) -> torch.Tensor:
+        """ε 预测目标：E_{t,ε} ‖ε − ε_θ(x_t, t, c)‖²（逐元素取平均）。
 
         以概率 p_uncond 丢掉条件，为 CFG 学无条件模型。
+        给 ``snr_gamma``（γ）时按 Min-SNR-γ（Hang 等 2023）给每个样本
+        加权 min(SNR(t), γ) / SNR(t)：SNR 大于 γ（噪声小）的步降为 γ/SNR(t)，
+        其余步权重为 1。不给时各步等权，即 DDPM 的 L_simple。
         """
         B = x0.shape[0]
         t = _randint(self.timesteps, (B,), generator, x0.device)
@@ -149,7 +160,17 @@ class GaussianDiffusion:
             eps = model(xt, t, cond=cond, drop_cond=drop)
         else:
             eps = model(xt, t)
-        return F.mse_loss(eps, noise)
+        if snr_gamma is None:
+            return F.mse_loss(eps, noise)
+        if not snr_gamma > 0:
+            raise ValueError(
+                f"snr_gamma 应为正数，实际为 {snr_gamma} / snr_gamma must be positive"
+            )
+        snr = self.snr(t.cpu()).to(x0.device)
+        # min(SNR, γ)/SNR = min(γ/SNR, 1)；SNR = 0 时为 1。形状 (B,)
+        weight = (snr_gamma / snr).clamp(max=1.0).to(x0.dtype)
+        per_sample = F.mse_loss(eps, noise, reduction="none").flatten(1).mean(1)
+        return (weight * per_sample).mean()
 
     # ---- 反向过程 ----
     def predict_eps(self, model: nn.Module, xt: torch.Tensor, t: torch.Tensor, cond=None,
@@ -267,8 +288,13 @@ def toy_data_2d(n: int, generator: Optional[torch.Generator] = None, noise: floa
 
 def train_diffusion(model: nn.Module, diffusion: GaussianDiffusion, x0: torch.Tensor, cond=None, *,
                     steps: int = 1000, batch_size: int = 128, lr: float = 2e-3, p_uncond: float = 0.1,
+                    snr_gamma: Optional[float] = None, ema=None,
                     time_budget: Optional[float] = None, seed: int = 0, device=None) -> list[dict]:
-    """在一整块张量数据（x0 与可选的条件 cond）上训练去噪网络，返回逐步的 {step, loss, time}。"""
+    """在一整块张量数据（x0 与可选的条件 cond）上训练去噪网络，返回逐步的 {step, loss, time}。
+
+    ``snr_gamma`` 传给 ``GaussianDiffusion.loss``（Min-SNR-γ 加权）；``ema`` 是一个
+    ``clipedu.ema.ModelEMA``，每步之后用它更新平均后的参数（采样时用 ``ema.module``）。
+    """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if cond is not None and cond.shape[0] != x0.shape[0]:
         raise ValueError(f"cond 与 x0 的样本数应相同，实际为 {cond.shape[0]} 与 {x0.shape[0]}")
@@ -281,11 +307,13 @@ def train_diffusion(model: nn.Module, diffusion: GaussianDiffusion, x0: torch.Te
         idx = torch.randint(0, x0.shape[0], (batch_size,), generator=g)
         xb = x0[idx].to(device)
         cb = cond[idx].to(device) if cond is not None else None
-        loss = diffusion.loss(model, xb, cb, p_uncond=p_uncond, generator=g)
+        loss = diffusion.loss(model, xb, cb, p_uncond=p_uncond, generator=g, snr_gamma=snr_gamma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
+        if ema is not None:
+            ema.update(model)
         elapsed = time.perf_counter() - start
         history.append({"step": step + 1, "loss": loss.item(), "time": elapsed})
         if time_budget is not None and elapsed >= time_budget:
