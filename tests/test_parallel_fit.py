@@ -46,6 +46,10 @@ def test_same_bits_as_one_thread_in_turn(restore_threads):
     torch.set_num_threads(2)
     par = _models()
     par_hist = fit_classifiers(par, (images, tokens), labels, **kw)
+    one = _models()
+    one_hist = fit_classifiers(one, (images, tokens), labels, max_workers=1, **kw)  # 逐个、1 线程
+    assert {k: [h["loss"] for h in v] for k, v in one_hist.items()} == {
+        k: [h["loss"] for h in v] for k, v in ref_hist.items()}
     assert list(par_hist) == ["early", "late", "hybrid"]
     for name in ref:
         assert [h["loss"] for h in par_hist[name]] == [h["loss"] for h in ref_hist[name]], name

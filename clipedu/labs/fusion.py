@@ -275,12 +275,14 @@ def fit_classifier(
 
 
 def fit_classifiers(
-    models: dict[str, nn.Module], inputs: Sequence[torch.Tensor], labels: torch.Tensor, **kwargs,
+    models: dict[str, nn.Module], inputs: Sequence[torch.Tensor], labels: torch.Tensor, *,
+    max_workers: Optional[int] = None, **kwargs,
 ) -> dict[str, list[dict]]:
     """用 ``fit_classifier`` 同时训练几个互不相干的模型，返回 {名字: 逐步记录}。
 
-    模型都在 CPU 上时，每个模型一个线程、每个线程 1 个算子内线程（见 ``parallel_fit``）；
-    结果与逐个在 1 个线程上训练逐位相同。模型在 GPU 上时逐个训练。其余参数原样传给 ``fit_classifier``。
+    模型都在 CPU 上时，每个模型一个线程（至多 ``max_workers`` 个）、每个线程 1 个算子内线程
+    （见 ``parallel_fit.fit_in_threads``）；结果与逐个在 1 个线程上训练逐位相同。
+    模型在 GPU 上时逐个训练。其余参数原样传给 ``fit_classifier``。
     """
     seen: set[int] = set()
     for name, m in models.items():
@@ -295,7 +297,7 @@ def fit_classifiers(
         name: (lambda stop, m=m: fit_classifier(m, inputs, labels, stop=stop, **kwargs))
         for name, m in models.items()
     }
-    return fit_in_threads(jobs)
+    return fit_in_threads(jobs, max_workers=max_workers)
 
 
 @torch.no_grad()

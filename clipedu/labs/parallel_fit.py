@@ -30,6 +30,10 @@ def fit_in_threads(
     被设置时尽快返回。任一任务出错，或等待时按了中断（KeyboardInterrupt），就设置 ``stop``，
     等其余任务停下再把异常抛出——不会留下在后台继续占用 CPU 的线程。
     运行期间 PyTorch 的算子内线程数设为 1，结束后恢复原值。
+
+    同时运行的线程数是任务数，至多 ``max_workers``（默认 ``MAX_WORKERS``），与原来的算子内线程数无关：
+    3 个任务在 2 个核上开 3 个线程，比开 2 个线程、最后一个任务独自跑完更快。想少占 CPU 时把
+    ``max_workers`` 设小，``max_workers=1`` 就是逐个在 1 个线程上训练。
     """
     if not jobs:
         return {}
