@@ -133,8 +133,8 @@ class GaussianDiffusion:
 
     # ---- 训练目标 ----
     def snr(self, t) -> torch.Tensor:
-        """信噪比 SNR(t) = ᾱ_t / (1 − ᾱ_t)：x_t 里信号与噪声的方差之比，float64。"""
-        t = torch.as_tensor(t, dtype=torch.long)
+        """信噪比 SNR(t) = ᾱ_t / (1 − ᾱ_t)：x_t 里信号与噪声的方差之比（float64，在 CPU 上）。"""
+        t = torch.as_tensor(t, dtype=torch.long).cpu()
         return self.alpha_bars[t] / (1 - self.alpha_bars[t])
 
     def loss(
@@ -149,6 +149,10 @@ class GaussianDiffusion:
         加权 min(SNR(t), γ) / SNR(t)：SNR 大于 γ（噪声小）的步降为 γ/SNR(t)，
         其余步权重为 1。不给时各步等权，即 DDPM 的 L_simple。
         """
+        if snr_gamma is not None and not snr_gamma > 0:
+            raise ValueError(
+                f"snr_gamma 应为正数，实际为 {snr_gamma} / snr_gamma must be positive"
+            )
         B = x0.shape[0]
         t = _randint(self.timesteps, (B,), generator, x0.device)
         noise = _randn(x0.shape, generator, x0.device, x0.dtype)
@@ -162,11 +166,7 @@ class GaussianDiffusion:
             eps = model(xt, t)
         if snr_gamma is None:
             return F.mse_loss(eps, noise)
-        if not snr_gamma > 0:
-            raise ValueError(
-                f"snr_gamma 应为正数，实际为 {snr_gamma} / snr_gamma must be positive"
-            )
-        snr = self.snr(t.cpu()).to(x0.device)
+        snr = self.snr(t).to(x0.device)
         # min(SNR, γ)/SNR = min(γ/SNR, 1)；SNR = 0 时为 1。形状 (B,)
         weight = (snr_gamma / snr).clamp(max=1.0).to(x0.dtype)
         per_sample = F.mse_loss(eps, noise, reduction="none").flatten(1).mean(1)
