@@ -64,7 +64,7 @@ def run(data, steps: int, threads: int) -> dict:
 
 def _summary(runs: list[dict]) -> dict:
     """几次重复的中位数（墙钟与每步毫秒数）与墙钟的范围。"""
-    out = {"same_bits": all(r["same_bits"] for r in runs), "n": len(runs)}
+    out = {"same_bits": all(r["same_bits"] for r in runs)}
     for mode in ("seq2", "seq1", "threads"):
         walls = sorted(r[mode]["wall"] for r in runs)
         out[mode] = {

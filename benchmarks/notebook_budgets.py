@@ -44,6 +44,7 @@ def _groups(values: list[str], types: tuple, required: int | None = None) -> lis
 
 def diffusion(groups: list[tuple], seeds: list[int]) -> None:
     from clipedu.data import ShapesDataset
+    from clipedu.ema import ModelEMA
     from clipedu.labs.diffusion import (DiffusionConfig, GaussianDiffusion, clip_to_pixels,
                                         generate_and_classify, train_diffusion)
     from clipedu.labs.unet import TinyUNet, UNetConfig
@@ -62,8 +63,6 @@ def diffusion(groups: list[tuple], seeds: list[int]) -> None:
     x0, cond = clip_to_pixels(X, size=16), text_emb[labels]
     want = torch.arange(36).repeat_interleave(2)
     held = torch.isin(want, torch.tensor(shapes.heldout_classes))
-    from clipedu.ema import ModelEMA
-
     for group, seed in ((g, s) for g in groups for s in seeds):
         base, steps, batch, T, lr, gamma, decay = (*group, 0.0, 0.0)[:7]
         diff = GaussianDiffusion(DiffusionConfig(timesteps=T))
