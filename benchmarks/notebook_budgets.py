@@ -5,6 +5,9 @@
     python benchmarks/notebook_budgets.py diffusion 32,600,64,100,2e-3,5,0.99 --seeds 0 1 2
         # 可选的第 6、7 项：Min-SNR-γ 的 γ（0 表示不加权）与参数平均的衰减率 ρ（0 表示不平均）；
         # 给了 ρ 时，同一次训练里未平均与平均后的参数各评估一次
+    python benchmarks/notebook_budgets.py diffusion 32,600,64,100,2e-3,5,0.99 --conv-first --contiguous
+        # UNet 的两个变体（UNetConfig 的 conv_before_upsample / channels_last）：上采样先卷积再放大；
+        # 卷积用 NCHW 布局（2026-12-06 之前的默认）
     python benchmarks/notebook_budgets.py fusion 800,64,2e-3 400,64,3e-3
         # 每组：步数, 批大小, 学习率（与 02_fusion 的训练单元格相同的代码）
 
@@ -42,7 +45,7 @@ def _groups(values: list[str], types: tuple, required: int | None = None) -> lis
     return out
 
 
-def diffusion(groups: list[tuple], seeds: list[int]) -> None:
+def diffusion(groups: list[tuple], seeds: list[int], conv_first: bool = False, channels_last: bool = True) -> None:
     from clipedu.data import ShapesDataset
     from clipedu.ema import ModelEMA
     from clipedu.labs.diffusion import (DiffusionConfig, GaussianDiffusion, clip_to_pixels,
@@ -68,13 +71,15 @@ def diffusion(groups: list[tuple], seeds: list[int]) -> None:
         diff = GaussianDiffusion(DiffusionConfig(timesteps=T))
         torch.manual_seed(seed)
         unet = TinyUNet(UNetConfig(image_size=16, cond_dim=text_emb.shape[1], base_channels=base,
-                                   groups=8 if base >= 24 else 4))
+                                   groups=8 if base >= 24 else 4, conv_before_upsample=conv_first,
+                                   channels_last=channels_last))
         ema = ModelEMA(unet, decay) if decay > 0 else None
         t0 = time.process_time()
         train_diffusion(unet, diff, x0, cond, steps=steps, batch_size=batch, lr=lr, p_uncond=0.1,
                         snr_gamma=gamma or None, ema=ema, seed=seed)
         train_s = time.process_time() - t0
-        label = (f"宽 {base}，{steps} 步，批 {batch}，T={T}，学习率 {lr:g}，γ={gamma:g}，ρ={decay:g}，种子 {seed}："
+        arch = f"{'先卷积后放大' if conv_first else '先放大后卷积'}，{'NHWC' if channels_last else 'NCHW'}"
+        label = (f"{arch}，宽 {base}，{steps} 步，批 {batch}，T={T}，学习率 {lr:g}，γ={gamma:g}，ρ={decay:g}，种子 {seed}："
                  f"训练 {train_s:.0f} CPU 秒")
         for name, net in [("未平均", unet)] + ([("平均后", ema.module)] if ema else []):
             cells = []
@@ -112,10 +117,14 @@ def main() -> None:
     parser.add_argument("lab", choices=("diffusion", "fusion"))
     parser.add_argument("groups", nargs="+", help="参数组，见上面的说明")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="扩散：每组训练的种子（默认 0）")
+    parser.add_argument("--conv-first", action="store_true",
+                        help="扩散：UNet 上采样先卷积再放大（默认先放大再卷积）")
+    parser.add_argument("--contiguous", action="store_true", help="扩散：卷积用 NCHW 布局（默认 NHWC）")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.lab == "diffusion":
-        diffusion(_groups(args.groups, (int, int, int, int, float, float, float), required=5), args.seeds)
+        diffusion(_groups(args.groups, (int, int, int, int, float, float, float), required=5), args.seeds,
+                  conv_first=args.conv_first, channels_last=not args.contiguous)
     else:
         fusion(_groups(args.groups, (int, int, float)))
 

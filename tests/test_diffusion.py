@@ -132,6 +132,39 @@ def test_unet_shapes_masks_and_errors():
         TinyUNet(UNetConfig(image_size=18, channel_mults=(1, 2, 2)))
 
 
+def test_unet_memory_format_changes_only_rounding():
+    """NHWC 与 NCHW 是同一个函数：同一组权重，输出只差浮点舍入，梯度也一样。"""
+    torch.manual_seed(0)
+    cfg = dict(image_size=16, channel_mults=(1, 2, 2), base_channels=8, cond_dim=4)
+    nhwc = TinyUNet(UNetConfig(**cfg, channels_last=True))
+    nchw = TinyUNet(UNetConfig(**cfg, channels_last=False))
+    torch.nn.init.normal_(nhwc.conv_out.weight, std=0.1)
+    nchw.load_state_dict(nhwc.state_dict())
+    x, t, c = torch.randn(3, 3, 16, 16), torch.tensor([0, 4, 9]), torch.randn(3, 4)
+    a, b = nhwc(x, t, cond=c), nchw(x, t, cond=c)
+    assert a.is_contiguous(memory_format=torch.channels_last)
+    assert b.is_contiguous() and not a.is_contiguous()
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    a.square().mean().backward(); b.square().mean().backward()
+    torch.testing.assert_close(nhwc.conv_in.weight.grad, nchw.conv_in.weight.grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("conv_first", [True, False])
+def test_unet_upsample_conv_resolution(conv_first):
+    """先卷积再放大时，上采样层的卷积在低分辨率上算（像素是先放大再卷积的 1/4）。"""
+    net = TinyUNet(UNetConfig(image_size=16, channel_mults=(1, 2, 2), base_channels=8, cond_dim=0, groups=4,
+                              conv_before_upsample=conv_first))
+    seen = []
+    for layer in net.upsample:
+        for m in layer.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.register_forward_hook(lambda mod, inp, out: seen.append((inp[0].shape[-1], out.shape[-1])))
+    out = net(torch.randn(2, 3, 16, 16), torch.tensor([1, 2]))
+    assert out.shape == (2, 3, 16, 16)
+    # 两个上采样层：4→8、8→16 像素
+    assert seen == ([(4, 4), (8, 8)] if conv_first else [(8, 8), (16, 16)])
+
+
 @pytest.mark.slow
 def test_toy_ddpm_learns_two_moons():
     torch.manual_seed(0)
