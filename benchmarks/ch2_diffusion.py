@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from clipedu.labs.unet import TinyUNet, UNetConfig
 RESULTS = Path(__file__).parent / "results" / "ch2.md"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clip-steps", type=int, default=300)
     p.add_argument("--ddpm-steps", type=int, default=2500)
@@ -38,7 +39,24 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--write", action="store_true")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    for name in ("clip_steps", "ddpm_steps", "per_class", "train_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} 至少为 1 / must be at least 1")
+    if args.timesteps < 2:
+        p.error("--timesteps 至少为 2 / must be at least 2")
+    try:
+        scales = [float(v) for v in args.scales.split(",")]
+    except ValueError:
+        p.error(f"--scales 应是逗号分隔的数，实际为 {args.scales!r} / bad --scales")
+    if not all(math.isfinite(w) and w >= 0 for w in scales):
+        p.error("--scales 的每一项都应是不小于 0 的有限数 / guidance scales must be finite and >= 0")
+    if not (math.isfinite(args.snr_gamma) and args.snr_gamma >= 0):
+        p.error("--snr-gamma 应是不小于 0 的有限数（0 表示不加权）/ must be finite and >= 0")
+    if not 0 <= args.ema_decay < 1:
+        p.error("--ema-decay 应在 [0, 1) 内（0 表示不平均）/ must be in [0, 1)")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("这台机器没有可用的 CUDA GPU，请用 --device cpu / no CUDA device")
     device = torch.device(args.device)
     clip_model, tok, clip_s = train_shapes_clip(args.clip_steps, args.seed, device)
     clip_model.eval().requires_grad_(False)
@@ -74,7 +92,7 @@ def main() -> None:
              f"{recipe}。"
              f"每类生成 {args.per_class} 张，CLIP 判为提示词类别的比例：", "",
              "| 引导强度 w | 见过的组合（30 类） | 留出组合（6 类） | 采样时间/秒 |", "|---|---|---|---|"]
-    for w in [float(s) for s in args.scales.split(",")]:
+    for w in scales:
         t0 = time.perf_counter()
         _, pred = generate_and_classify(diffusion, sampler, clip_model, classifier, text_emb, want, w, seed=args.seed)
         ok = pred == want

@@ -74,14 +74,14 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.median(values):.0f}（{min(values):.0f}–{max(values):.0f}）"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2, help="算子内线程数（笔记本在 2 核上用 2）")
     p.add_argument("--batch", type=int, default=48, help="训练的批大小（02_diffusion 在 CPU 上用 48）")
     p.add_argument("--steps", type=int, default=20, help="每次测量的步数")
     p.add_argument("--repeats", type=int, default=7, help="每种变体测几次")
     p.add_argument("--write", action="store_true", help="写入 benchmarks/results/ch2.md")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     for name, value in (("--threads", args.threads), ("--batch", args.batch), ("--steps", args.steps),
                         ("--repeats", args.repeats)):
         if value < 1:
