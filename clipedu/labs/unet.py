@@ -25,7 +25,7 @@ class UNetConfig:
     cond_dim: int = 128             # 条件向量维度（= CLIP 的 embed_dim）；0 表示无条件模型
     groups: int = 8                 # GroupNorm 的组数
     conv_before_upsample: bool = False  # 上采样先卷积再放大（该卷积省 3/4 的计算，但生成质量变差，见 _upsample）
-    channels_last: bool = True      # 卷积用 NHWC 内存布局（CPU 上的 oneDNN 卷积更快，数值只差舍入）
+    channels_last: bool = True      # 卷积用 NHWC 内存布局（CPU 上采样快约 20 %，训练持平；数值只差舍入）
 
 
 class ResBlock(nn.Module):
