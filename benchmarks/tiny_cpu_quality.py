@@ -24,7 +24,7 @@ import clipedu  # noqa: F401  先于 torch：OpenMP 线程等活时只短暂自�
 import torch
 
 from clipedu.benchmarking import machine_info
-from clipedu.config import TrainConfig
+from clipedu.config import BUDGET_RECIPES, TrainConfig
 from clipedu.trainer import train
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -133,11 +133,13 @@ def main(argv=None) -> int:
     p.add_argument("--steps-for", default=None,
                    help="按步数代替墙钟预算，如 60=185,120=370（机器被占用时用；步数取空闲时该预算走得完的步数）")
     p.add_argument("--max-steps", type=int, default=5000, help="按预算训练时的步数上限（日程由时间决定）")
-    # 预算内的配方（benchmarks/results/tiny_cpu_quality.md 逐项测过）：批 64、权重衰减 0.3、预热 30 步
-    p.add_argument("--batch-size", type=int, default=64)
+    # 预算内的配方（benchmarks/results/tiny_cpu_quality.md 逐项测过）：批 64、权重衰减 0.3、预热 30 步；
+    # 与命令行限时训练补上的配方是同一份（clipedu.config.BUDGET_RECIPES）
+    recipe = BUDGET_RECIPES["tiny-cpu"]
+    p.add_argument("--batch-size", type=int, default=recipe["batch_size"])
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--weight-decay", type=float, default=0.3)
-    p.add_argument("--warmup-steps", type=int, default=30)
+    p.add_argument("--weight-decay", type=float, default=recipe["weight_decay"])
+    p.add_argument("--warmup-steps", type=int, default=recipe["warmup_steps"])
     p.add_argument("--ema-decay", type=float, default=0.0,
                    help="参数 EMA 的衰减率上限（0：不用）；用时同时报告未平均参数的准确率")
     p.add_argument("--threads", type=int, default=2, help="torch 线程数（2 核机器）")

@@ -135,14 +135,31 @@ def build_parser(with_data: bool = False) -> argparse.ArgumentParser:
     return parser
 
 
+def budget_recipe(given: dict) -> dict:
+    """限时训练时替用户补上的配方项（config.BUDGET_RECIPES）：只补命令行没有显式给出的。
+
+    条件：给了 --time-budget、用内置的几何图形数据、不是从已有权重微调（--init-from）。
+    """
+    from .config import BUDGET_RECIPES, TrainConfig
+
+    if "time_budget" not in given or "init_from" in given or given.get("dataset", "shapes") != "shapes":
+        return {}
+    recipe = BUDGET_RECIPES.get(given.get("preset", TrainConfig.preset), {})
+    return {k: v for k, v in recipe.items() if k not in given}
+
+
 def config_from_args(args: argparse.Namespace):
-    """命令行里给出的项覆盖 TrainConfig 的默认值。"""
+    """命令行里给出的项覆盖 TrainConfig 的默认值。
+
+    限时训练时再补上预设的配方（见 budget_recipe）。
+    """
     from .config import TrainConfig
 
     not_config = {"func", "command"}
     overrides = {k: v for k, v in vars(args).items() if k not in not_config}
     preset = overrides.get("preset", TrainConfig.preset)
     overrides.setdefault("out_dir", f"runs/{preset}")
+    overrides.update(budget_recipe(overrides))
     return TrainConfig(**overrides)
 
 
@@ -170,6 +187,11 @@ def _cmd_train(args) -> int:
 
     _check_flag_combinations(vars(args))
     cfg = config_from_args(args)
+    filled = budget_recipe(vars(args))
+    if filled:
+        names = {"batch_size": "--batch-size", "weight_decay": "--weight-decay", "warmup_steps": "--warmup-steps"}
+        items = "、".join(f"{names.get(k, k)} {v}" for k, v in filled.items())
+        print(f"[clipedu] {cfg.preset} 限时训练的配方（第 5 章 sec-time-budget）：{items}；显式给出这些旗标即可改用别的值")
     history = train(cfg)  # 输出目录的锁与“不覆盖”规则都在 train 里：API 与命令行一样
     if history:
         print(f"完成 {history[-1]['step']} 步，最终损失 {history[-1]['loss']:.4f}；输出在 {cfg.out_dir}")

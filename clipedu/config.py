@@ -169,6 +169,14 @@ PRESETS.update({
 })
 
 
+# 限时训练的配方：命令行训练这些预设时给了 --time-budget（几何图形数据、不是微调），没显式给出的几项用这里的值。
+# 第 5 章 sec-time-budget 讲为什么；benchmarks/results/tiny_cpu_quality.md 逐项测过（批 64、权重衰减 0.3、预热 30 步）。
+# 只影响命令行：Python API 的 TrainConfig 默认值不变，笔记本的数字也就不变。
+BUDGET_RECIPES: dict[str, dict] = {
+    "tiny-cpu": {"batch_size": 64, "weight_decay": 0.3, "warmup_steps": 30},
+}
+
+
 def get_preset(name: str) -> CLIPConfig:
     """按名字取预设（返回副本，修改它不会影响 PRESETS）。"""
     if name not in PRESETS:

@@ -40,6 +40,41 @@ def test_flags_map_onto_train_config():
     assert default.gather_with_grad and not default.compile
 
 
+def test_time_budget_fills_the_budget_recipe_for_flags_not_given():
+    """限时训练 tiny-cpu：没给出的批大小、权重衰减、预热步数用 BUDGET_RECIPES；给出的照用户的；
+    不限时、别的预设、别的数据或微调时一项也不补。"""
+    from clipedu.cli import budget_recipe
+    from clipedu.config import BUDGET_RECIPES
+
+    cfg = lambda *a: config_from_args(build_parser().parse_args(["train", *a]))
+    recipe = BUDGET_RECIPES["tiny-cpu"]
+    budget = cfg("--time-budget", "60")
+    assert (budget.batch_size, budget.weight_decay, budget.warmup_steps) == (
+        recipe["batch_size"], recipe["weight_decay"], recipe["warmup_steps"])
+    assert budget.lr == TrainConfig.lr  # 配方之外的项不动
+    mine = cfg("--time-budget", "60", "--batch-size", "32", "--warmup-steps", "5")
+    assert (mine.batch_size, mine.weight_decay, mine.warmup_steps) == (32, recipe["weight_decay"], 5)
+    for args in ([], ["--steps", "100"], ["--time-budget", "60", "--preset", "small"],
+                 ["--time-budget", "60", "--dataset", "digits"], ["--time-budget", "60", "--init-from", "w.pt"]):
+        c = cfg(*args)
+        assert (c.batch_size, c.weight_decay, c.warmup_steps) == (
+            TrainConfig.batch_size, TrainConfig.weight_decay, TrainConfig.warmup_steps), args
+    assert budget_recipe({"time_budget": 60.0, "weight_decay": 0.1}) == {
+        k: v for k, v in recipe.items() if k != "weight_decay"}
+
+
+def test_budget_recipe_is_announced_and_used(tmp_path, capsys):
+    """真实入口：预算 0 秒（走一步就停），开头打印补上的配方，保存的配置里就是这些值。"""
+    out = tmp_path / "run"
+    rc = main(["train", "--time-budget", "0", "--out", str(out), "--eval-size", "0", "--no-progress",
+               "--device", "cpu", "--batch-size", "16"])
+    assert rc == 0
+    said = capsys.readouterr().out
+    assert "限时训练的配方" in said and "--weight-decay 0.3" in said and "--batch-size" not in said
+    saved = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["train_config"]
+    assert (saved["batch_size"], saved["weight_decay"], saved["warmup_steps"]) == (16, 0.3, 30)
+
+
 @pytest.mark.slow
 def test_cli_train_then_eval_smoke(tmp_path, capsys):
     out = tmp_path / "run"
