@@ -102,8 +102,7 @@ def main() -> None:
     if not all(r["same_bits"] for r in results.values()):
         raise SystemExit("同时训练与逐个 1 线程训练的参数不一致 / results differ")
     if args.write:
-        flags = ", ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
-                          if f in machine["cpu_flags"])
+        flags = ", ".join(machine["cpu_flags"])  # 与矩阵乘速度有关的指令集（benchmarking.cpu_flags）
         lines = [
             f"### 几个小模型同时训练（{machine['time_utc'][:10]}，提交 `{git_head(ROOT)}`）", "",
             f"- 命令：`python benchmarks/fusion_threads.py --steps {args.steps} --repeats {args.repeats} --busy "

@@ -97,8 +97,7 @@ def main(argv: list[str] | None = None) -> None:
             sample[name].append(time_sample(net, args.steps))
             print(f"{name}: 训练 {train[name][-1]:.0f} ms/步，采样 {sample[name][-1]:.0f} ms/步", flush=True)
     base = next(iter(VARIANTS))
-    flags = ", ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
-                      if f in info["cpu_flags"])
+    flags = ", ".join(info["cpu_flags"])  # 与矩阵乘速度有关的指令集（benchmarking.cpu_flags）
     lines = [
         f"### UNet 的内存布局与上采样顺序（{info['time_utc'][:10]}，提交 `{git_head(ROOT)}`）", "",
         f"- 命令：`python benchmarks/unet_layout.py --threads {args.threads} --batch {args.batch} "
