@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from clipedu.benchmarking import busy_processes, git_head, machine_info  # noqa: E402
+from clipedu.benchmarking import busy_processes, describe_cpu, git_head, machine_info  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "ci_timing.md"
 STEP_LINE = re.compile(r"^(\S.*?)\s+(\d+)s\b")
@@ -76,9 +76,8 @@ def main() -> int:
         if m:
             steps.append((m.group(1), int(m.group(2))))
     mean_load = sum(loads) / len(loads) if loads else start_load
-    cpu = f"{machine['cpu_model']}（{', '.join(machine['cpu_flags'])}），{machine['usable_cpus']} 核"
     block = (f"\n### {dt.date.today()}，提交 `{commit}`，忙进程 {args.busy} 个\n\n"
-             f"- 机器：{cpu}；1 分钟平均负载开始时 {start_load:.1f}，运行中平均 {mean_load:.1f}\n"
+             f"- 机器：{describe_cpu(machine)}；1 分钟平均负载开始时 {start_load:.1f}，运行中平均 {mean_load:.1f}\n"
              f"- 各步：" + "；".join(f"{name} {sec} s" for name, sec in steps) + "\n"
              f"- 合计：**{wall / 60:.1f} 分钟**，{'通过' if rc == 0 else f'失败（退出码 {rc}）'}\n")
     print(summary or f"（没有找到用时汇总，见 {args.log}）")

@@ -29,7 +29,7 @@ atexit.register(shutil.rmtree, _COLD_CACHE, ignore_errors=True)  # 每次约 100
 import clipedu  # noqa: E402,F401  先于 torch：OpenMP 线程等活时只短暂自旋
 import torch  # noqa: E402
 
-from clipedu.benchmarking import git_head, machine_info  # noqa: E402
+from clipedu.benchmarking import describe_cpu, git_head, machine_info  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "compile_cpu.md"
 
@@ -96,9 +96,8 @@ def unet_rows(steps: int, skip: int) -> list[dict]:
 
 
 def markdown(rows: list[dict], machine: dict, threads: int) -> str:
-    flags = ", ".join(machine.get("cpu_flags", []))
     lines = [f"### {dt.date.today().isoformat()}，提交 `{git_head(ROOT)}`，{threads} 个线程", "",
-             f"- 机器：{machine['cpu_model']}（{flags}），可用 {machine['usable_cpus']} 核；"
+             f"- 机器：{describe_cpu(machine)}；"
              f"开始时 1 分钟平均负载 {machine['loadavg'][0]:.1f}；torch {machine['torch']}", "",
              "| 模型 | 设置 | 编译 | 第一步/秒 | 稳态每步/毫秒 | 步数 | 总用时/秒 |", "|---|---|---|---:|---:|---:|---:|"]
     for r in rows:

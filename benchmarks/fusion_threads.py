@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from clipedu.benchmarking import busy_processes, git_head, machine_info, write_section  # noqa: E402
+from clipedu.benchmarking import (busy_processes, describe_cpu, git_head, machine_info,  # noqa: E402
+                                  write_section)
 from clipedu.labs.fusion import FUSION_MODELS, FusionConfig, fit_classifier, fit_classifiers, vqa_tensors  # noqa: E402
 from clipedu.labs.vqa import ShapesVQADataset  # noqa: E402
 from clipedu.tokenizer import ChineseTokenizer  # noqa: E402
@@ -102,12 +103,11 @@ def main() -> None:
     if not all(r["same_bits"] for r in results.values()):
         raise SystemExit("同时训练与逐个 1 线程训练的参数不一致 / results differ")
     if args.write:
-        flags = ", ".join(machine["cpu_flags"])  # 与矩阵乘速度有关的指令集（benchmarking.cpu_flags）
         lines = [
             f"### 几个小模型同时训练（{machine['time_utc'][:10]}，提交 `{git_head(ROOT)}`）", "",
             f"- 命令：`python benchmarks/fusion_threads.py --steps {args.steps} --repeats {args.repeats} --busy "
             f"{' '.join(map(str, args.busy))} --write`",
-            f"- 机器：{machine['cpu_model']}（{flags}），{machine['usable_cpus']} 核；"
+            f"- 机器：{describe_cpu(machine)}；"
             f"测量开始时 1 分钟平均负载 {machine['loadavg'][0] if machine['loadavg'] else '?'}",
             f"- 实验 2.B 的三个融合模型各训练 {args.steps} 步（批 64）。“逐个”是一个接一个地训练，算子内线程数如列名；"
             "“同时”是 `fit_classifiers`：每个模型一个线程，每个线程 1 个算子内线程。"

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 from book_toc import toc_notebooks  # noqa: E402
-from clipedu.benchmarking import busy_processes, git_head, machine_info  # noqa: E402
+from clipedu.benchmarking import busy_processes, describe_cpu, git_head, machine_info  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "notebook_timing.md"
 GOAL_S = 120.0
@@ -112,11 +112,10 @@ def main() -> int:
     totals = [sum(w for w, _ in results[n].values()) for n in passes]
     rows.append("| **合计** | " + " | ".join(f"**{t:.0f} s**" for t in totals) +
                 "".join(f" | {t / totals[0]:.2f}×" for t in totals[1:]) + " |")
-    cpu = f"{machine['cpu_model']}（{', '.join(machine['cpu_flags'])}），{machine['usable_cpus']} 核"
     over = [nb.stem for nb in notebooks if results[base][nb.stem][0] > GOAL_S]
     threads = f"{args.threads} 个线程" if args.threads else "线程数由 setup_notebook 决定"
     block = (f"\n### {dt.date.today()}，提交 `{commit}`，{threads}\n\n"
-             f"- 机器：{cpu}；测量开始时 1 分钟平均负载 {start_load:.1f}；{machine['omp_wait']}\n"
+             f"- 机器：{describe_cpu(machine)}；测量开始时 1 分钟平均负载 {start_load:.1f}；{machine['omp_wait']}\n"
              f"- 超过 {GOAL_S:.0f} s 目标的（忙进程 {base}）：{', '.join(over) or '无'}\n\n"
              + "\n".join([head, rule, *rows]) + "\n")
     print(block)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from clipedu.benchmarking import git_head, machine_info, write_section  # noqa: E402
+from clipedu.benchmarking import describe_cpu, git_head, machine_info, write_section  # noqa: E402
 from clipedu.labs.diffusion import DiffusionConfig, GaussianDiffusion  # noqa: E402
 from clipedu.labs.unet import TinyUNet, UNetConfig  # noqa: E402
 from clipedu.optim import adamw  # noqa: E402
@@ -97,12 +97,11 @@ def main(argv: list[str] | None = None) -> None:
             sample[name].append(time_sample(net, args.steps))
             print(f"{name}: 训练 {train[name][-1]:.0f} ms/步，采样 {sample[name][-1]:.0f} ms/步", flush=True)
     base = next(iter(VARIANTS))
-    flags = ", ".join(info["cpu_flags"])  # 与矩阵乘速度有关的指令集（benchmarking.cpu_flags）
     lines = [
         f"### UNet 的内存布局与上采样顺序（{info['time_utc'][:10]}，提交 `{git_head(ROOT)}`）", "",
         f"- 命令：`python benchmarks/unet_layout.py --threads {args.threads} --batch {args.batch} "
         f"--steps {args.steps} --repeats {args.repeats} --write`",
-        f"- 机器：{info['cpu_model']}（{flags}），{info['usable_cpus']} 核，{args.threads} 个算子内线程；"
+        f"- 机器：{describe_cpu(info)}，{args.threads} 个算子内线程；"
         f"测量开始时 1 分钟平均负载 {info['loadavg'][0] if info['loadavg'] else '?'}",
         f"- 02_diffusion 的 UNet（宽 32，16×16）。训练一步：批 {args.batch}，前向 + 反向 + AdamW；采样一步：72 张图的 CFG，"
         f"一次前向 144 份。每格是 {args.repeats} 次测量（各 {args.steps} 步）的中位数，括号里是最快与最慢。", "",

@@ -134,6 +134,11 @@ def busy_processes(n: int):
             proc.wait()
 
 
+def describe_cpu(machine: dict) -> str:
+    """结果文件里的一行机器描述：型号（指令集），可用核数。``machine`` 是 ``machine_info()`` 的返回值。"""
+    return f"{machine['cpu_model']}（{', '.join(machine['cpu_flags'])}），{machine['usable_cpus']} 核"
+
+
 def git_head(root: Path) -> str:
     """仓库当前提交的短哈希（结果文件里注明测的是哪个提交）。"""
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,

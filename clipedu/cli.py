@@ -189,8 +189,8 @@ def _cmd_train(args) -> int:
     cfg = config_from_args(args)
     filled = budget_recipe(vars(args))
     if filled:
-        names = {"batch_size": "--batch-size", "weight_decay": "--weight-decay", "warmup_steps": "--warmup-steps"}
-        items = "、".join(f"{names.get(k, k)} {v}" for k, v in filled.items())
+        flag_of = {dest: flag for flag, dest, *_ in _TRAIN_FLAGS}
+        items = "、".join(f"{flag_of[k]} {v}" for k, v in filled.items())
         print(f"[clipedu] {cfg.preset} 限时训练的配方（第 5 章 sec-time-budget）：{items}；显式给出这些旗标即可改用别的值")
     history = train(cfg)  # 输出目录的锁与“不覆盖”规则都在 train 里：API 与命令行一样
     if history:

@@ -1,4 +1,4 @@
-"""基准脚本的命令行：坏参数在开始训练之前就给出一行中英文错误（argparse 的退出码 2），不留 traceback。"""
+"""基准脚本的命令行：坏参数在开始训练之前就给出一行中英文错误（argparse 的退出码 2），不留 traceback；以及结果文件里的机器描述。"""
 import sys
 from pathlib import Path
 
@@ -55,3 +55,12 @@ def test_unet_layout_times_every_variant_once(capsys):
     rows = [line for line in table.splitlines() if line.startswith("| ") and "ms" not in line and "---" not in line]
     assert len(rows) == len(unet_layout.VARIANTS)
     assert rows[0].count("1.00×") == 2
+
+
+def test_describe_cpu_names_model_instruction_sets_and_cores():
+    from clipedu.benchmarking import describe_cpu, machine_info
+
+    fake = {"cpu_model": "AMD EPYC", "cpu_flags": ["avx2", "fma"], "usable_cpus": 2}
+    assert describe_cpu(fake) == "AMD EPYC（avx2, fma），2 核"
+    real = machine_info()
+    assert describe_cpu(real).startswith(real["cpu_model"]) and f"{real['usable_cpus']} 核" in describe_cpu(real)
